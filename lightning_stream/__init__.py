@@ -1,0 +1,30 @@
+"""lightning_stream: stream Hugging Face datasets into PyTorch Lightning.
+
+Exact mid-epoch resume from ``.ckpt`` files, a fresh order each epoch, every worker and every
+rank busy with the same number of steps, a known length where the data tells it, and nothing
+cached on disk.
+"""
+
+from .callbacks import StreamingCallback
+from .collate import default_collate
+from .datamodule import StreamingDataModule
+from .dataset import RowError, StreamingDataset
+from .loader import StreamingDataLoader
+from .sources import Source
+from .state import StateMismatchError
+from .transforms import Filter, Map
+
+__all__ = [
+    "Filter",
+    "Map",
+    "RowError",
+    "Source",
+    "StateMismatchError",
+    "StreamingCallback",
+    "StreamingDataLoader",
+    "StreamingDataModule",
+    "StreamingDataset",
+    "default_collate",
+]
+
+__version__ = "0.1.0.dev0"

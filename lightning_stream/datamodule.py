@@ -1,0 +1,203 @@
+"""``StreamingDataModule``: Hugging Face sources streamed into a Lightning Trainer."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal, Optional, Union
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from .callbacks import StreamingCallback
+from .dataset import StreamingDataset, _Options
+from .loader import StreamingDataLoader
+from .sources import Source, as_source
+from .transforms import Filter, Map, as_pipeline
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StreamingDataModule"]
+
+Step = Union[Map, Filter, Callable]
+
+
+class StreamingDataModule(pl.LightningDataModule):
+    """Train and validation loaders that stream a Hugging Face ``datasets`` source.
+
+    Rows are read when a worker needs them, decoded, passed through ``filter`` and
+    ``transform`` and collated; nothing is cached. The train loader's position is saved in
+    Lightning checkpoints, so ``trainer.fit(..., ckpt_path=...)`` resumes on exactly the next
+    batch, also mid-epoch, with shuffling and workers. Each epoch has a fresh order that depends
+    only on ``seed`` and the epoch. Where the source's metadata gives the row count (arrow,
+    parquet footers) the loaders have a length, so the progress bar, ``max_epochs`` and
+    ``trainer.estimated_stepping_batches`` work.
+
+    Args:
+        train: the training :class:`Source` (or a path / file / hub id string).
+        val: optional validation source, read in order, from its start at each validation run.
+        transform: a callable ``dict[str, list] -> dict[str, list]`` (batched ``map``), a
+            :class:`Map` / :class:`Filter`, or a list of them, applied in the workers.
+        filter: a batched predicate ``dict[str, list] -> list[bool]`` applied before
+            ``transform``. Filtered rows leave their batch smaller (the step count stays known).
+        collate_fn: ``list[dict] -> batch``; by default numeric columns become tensors.
+        batch_size: rows per batch and per rank.
+        val_batch_size: defaults to ``batch_size``.
+        num_workers: DataLoader worker processes; every worker works, even on a single file.
+        shuffle: shuffle the training order (block order, then rows within windows).
+        buffer_size: rows per shuffle window; a window of raw rows is what a worker holds.
+        seed: shuffle seed; the same seed gives the same order.
+        drop_last: drop the last partial batch of each epoch.
+        pin_memory: default: when CUDA is available.
+        persistent_workers: keep workers alive across epochs.
+        prefetch_factor: batches prefetched per worker.
+        prepare: a callable run once per node in ``prepare_data()`` (e.g. to generate data).
+        on_error: ``"raise"`` stops on a row that cannot be decoded or transformed, naming it;
+            ``"skip"`` drops such rows and counts them (``data/rows_skipped``).
+        strict_resume: refuse a checkpoint written for other data, seed or shuffle settings.
+
+    Example:
+        >>> dm = StreamingDataModule(
+        ...     train=Source(path="parquet", data_files="data/train-*.parquet"),
+        ...     transform=tokenize, batch_size=32, num_workers=2,
+        ... )  # doctest: +SKIP
+        >>> trainer.fit(model, datamodule=dm)  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        train: Union[Source, str],
+        val: Union[Source, str, None] = None,
+        transform: Union[Step, list[Step], None] = None,
+        filter: Optional[Step] = None,
+        collate_fn: Optional[Callable[[list[dict]], Any]] = None,
+        batch_size: int = 32,
+        val_batch_size: Optional[int] = None,
+        num_workers: int = 0,
+        shuffle: bool = True,
+        buffer_size: int = 10_000,
+        seed: int = 0,
+        drop_last: bool = False,
+        pin_memory: Optional[bool] = None,
+        persistent_workers: bool = False,
+        prefetch_factor: Optional[int] = None,
+        prepare: Optional[Callable[[], Any]] = None,
+        on_error: Literal["raise", "skip"] = "raise",
+        strict_resume: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        if seed < 0:
+            raise ValueError(f"seed must be >= 0, got {seed}")
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.train_source = as_source(train)
+        self.val_source = as_source(val) if val is not None else None
+        if filter is not None and not isinstance(filter, Filter):
+            filter = Filter(filter)
+        self.pipeline = as_pipeline(filter, transform)
+        self.collate_fn = collate_fn
+        self.batch_size = batch_size
+        self.val_batch_size = val_batch_size or batch_size
+        self.num_workers = num_workers
+        self.shuffle = shuffle
+        self.buffer_size = buffer_size
+        self.seed = seed
+        self.drop_last = drop_last
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.persistent_workers = persistent_workers
+        self.prefetch_factor = prefetch_factor
+        self.prepare = prepare
+        self.on_error = on_error
+        self.strict_resume = strict_resume
+        self.train_loader: Optional[StreamingDataLoader] = None
+        self._pending_state: Optional[dict] = None
+
+    # -- Lightning hooks --------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.prepare is not None:
+            self.prepare()
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        if trainer is not None and not any(isinstance(c, StreamingCallback) for c in trainer.callbacks):
+            trainer.callbacks.insert(0, StreamingCallback())
+
+    def _trainer_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    def _topology(self) -> tuple[int, int]:
+        if self.trainer is not None:
+            return self.trainer.global_rank, self.trainer.world_size
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return 0, 1
+
+    def _loader(self, source: Source, *, train: bool) -> StreamingDataLoader:
+        rank, world_size = self._topology()
+        options = _Options(
+            batch_size=self.batch_size if train else self.val_batch_size,
+            shuffle=self.shuffle if train else False,
+            seed=self.seed,
+            window=self.buffer_size,
+            drop_last=self.drop_last if train else False,
+            pipeline=self.pipeline,
+            collate_fn=self.collate_fn,
+            on_error=self.on_error,
+            cache_rows=2 * self.buffer_size,
+        )
+        dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
+        loader = StreamingDataLoader(
+            dataset,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            prefetch_factor=self.prefetch_factor,
+            epoch_fn=self._trainer_epoch if train else (lambda: 0),
+        )
+        layout = dataset.layout()
+        if layout is None:
+            rank_zero_info(f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total")
+        elif layout.num_steps == 0:
+            raise ValueError(
+                f"{source.path!r} has {layout.num_rows} rows: too few for one batch of {options.batch_size} "
+                f"on each of {world_size} ranks"
+            )
+        elif layout.dropped_rows:
+            rank_zero_info(f"lightning_stream: {layout.dropped_rows} rows of {source.path!r} are dropped each epoch to keep ranks even")
+        return loader
+
+    def train_dataloader(self) -> StreamingDataLoader:
+        loader = self._loader(self.train_source, train=True)
+        loader.acked_externally = self.trainer is not None
+        if self._pending_state:
+            loader.load_state_dict(self._pending_state, strict=self.strict_resume)
+            self._pending_state = None
+        self.train_loader = loader
+        return loader
+
+    def val_dataloader(self) -> Any:
+        if self.val_source is None:
+            return []
+        return self._loader(self.val_source, train=False)
+
+    # -- checkpoint -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        if self.train_loader is not None:
+            return {"train": self.train_loader.state_dict()}
+        return {"train": self._pending_state} if self._pending_state else {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = state_dict.get("train")
+        if not state:
+            return
+        if self.train_loader is not None:
+            self.train_loader.load_state_dict(state, strict=self.strict_resume)
+        else:
+            self._pending_state = dict(state)

@@ -1,0 +1,225 @@
+"""``StreamingDataLoader``: a torchdata ``StatefulDataLoader`` whose state is one position.
+
+The loader's state is computed in the main process, not collected from the workers: the epoch
+and the number of global steps *trained* (not merely fetched). Under Lightning the
+:class:`~lightning_stream.callbacks.StreamingCallback` acknowledges each batch as it reaches
+``training_step``, so the batch Lightning has prefetched is not counted; used on its own, a batch
+counts as consumed when it is yielded (torchdata's convention). From the step count, the epoch
+position follows by arithmetic (``sharding.Layout.position_after``), which makes the checkpoint a
+handful of integers and lets a resume start on exactly the next batch.
+
+Iteration starts lazily, at the first ``next()``: Lightning may call ``iter()`` before it has
+restored the epoch counter from a checkpoint, and the epoch must be read when data is first
+actually needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Optional
+
+from torchdata.stateful_dataloader import StatefulDataLoader
+
+from .dataset import BatchHeader, StreamingDataset
+from .sharding import Layout
+from .state import STATE_VERSION, check_state
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StreamingDataLoader"]
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _EpochStats:
+    """Row counts of the current epoch, for logging."""
+
+    def __init__(self) -> None:
+        self.rows_read = 0
+        self.rows_out = 0
+        self.skipped = 0
+        self.culprits: list[str] = []
+
+    def add(self, header: BatchHeader) -> None:
+        self.rows_read += header.rows_read
+        self.rows_out += header.rows_out
+        self.skipped += len(header.skipped)
+        self.culprits.extend(header.skipped[: max(0, 5 - len(self.culprits))])
+
+    @property
+    def filtered(self) -> int:
+        return self.rows_read - self.rows_out - self.skipped
+
+
+class StreamingDataLoader(StatefulDataLoader):
+    """Loader over a :class:`~lightning_stream.dataset.StreamingDataset` with an exact, tiny state.
+
+    ``state_dict()`` / ``load_state_dict()`` follow torchdata's API; the state is a versioned dict
+    of plain types. ``set_epoch(e)`` chooses the epoch when used outside a Trainer (under a
+    Trainer the epoch is ``trainer.current_epoch``).
+
+    Example:
+        >>> loader = StreamingDataLoader(dataset, num_workers=2)  # doctest: +SKIP
+        >>> for batch in loader: ...  # doctest: +SKIP
+        >>> state = loader.state_dict()  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        dataset: StreamingDataset,
+        *,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        prefetch_factor: Optional[int] = None,
+        timeout: float = 0,
+        multiprocessing_context: Any = None,
+        epoch_fn: Optional[Callable[[], int]] = None,
+    ) -> None:
+        super().__init__(
+            dataset,
+            batch_size=None,
+            num_workers=num_workers,
+            collate_fn=_identity,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers and num_workers > 0,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
+            timeout=timeout,
+            multiprocessing_context=multiprocessing_context,
+            snapshot_every_n_steps=0,  # the state lives in the main process: no worker snapshots
+        )
+        self.epoch_fn = epoch_fn
+        self.acked_externally = False
+        self._epoch = 0
+        self._explicit_epoch = False
+        self._pending: Optional[dict] = None
+        self._progress: Optional[dict] = None
+        self._awaiting: deque[int] = deque()
+        self.stats = _EpochStats()
+
+    # -- epoch and length -------------------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Use ``epoch``'s order from the next iteration on."""
+        self._epoch = int(epoch)
+        self._explicit_epoch = True
+
+    def current_epoch(self) -> int:
+        if self.epoch_fn is not None and not self._explicit_epoch:
+            return int(self.epoch_fn())
+        return self._epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    # -- iteration --------------------------------------------------------------------------------
+    def __iter__(self) -> "_LazyEpoch":  # type: ignore[override]
+        return _LazyEpoch(self)
+
+    def _begin(self) -> Any:
+        epoch = self.current_epoch()
+        start = steps_before = 0
+        pending = self._pending
+        if pending is not None and pending["epoch"] <= epoch:
+            if pending["epoch"] == epoch:
+                start, steps_before = pending["position"], pending["steps"]
+            self._pending = None
+        self.dataset.set_position(epoch, start)
+        self._progress = {"epoch": epoch, "start": start, "steps_before": steps_before, "steps": 0}
+        self._awaiting.clear()
+        self.stats = _EpochStats()
+        return super().__iter__()
+
+    def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
+        self.stats.add(header)
+        if yielded:
+            self._awaiting.append(header.step)
+            if not self.acked_externally:
+                self.ack()
+        elif not self._awaiting and self._progress is not None:
+            # An emptied batch (all rows filtered) right after acked ones is consumed too.
+            self._progress["steps"] = header.step + 1
+
+    def ack(self) -> None:
+        """Mark the oldest yielded, unacknowledged batch as trained."""
+        if self._awaiting and self._progress is not None:
+            self._progress["steps"] = self._awaiting.popleft() + 1
+
+    def _finished(self) -> None:
+        if not self.epoch_fn and not self._explicit_epoch:
+            self._epoch += 1
+
+    # -- state ------------------------------------------------------------------------------------
+    def _layout(self, start: int) -> Layout:
+        ds = self.dataset
+        n = ds.num_rows
+        o = ds.options
+        if n is None:  # a stream: its end is not known here, so positions count full steps
+            n = 1 << 62
+        return Layout(n, start, o.batch_size, ds.world_size, o.drop_last)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last trained batch, as plain data."""
+        ds = self.dataset
+        o = ds.options
+        if self._progress is not None:
+            p = self._progress
+            epoch, steps = p["epoch"], p["steps_before"] + p["steps"]
+            position = self._layout(p["start"]).position_after(p["steps"])
+        elif self._pending is not None:
+            epoch, position, steps = self._pending["epoch"], self._pending["position"], self._pending["steps"]
+        else:
+            epoch, position, steps = self.current_epoch(), 0, 0
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "position": position,
+            "steps": steps,
+            "num_rows": ds.num_rows,
+            "fingerprint": ds.store.fingerprint,
+            "seed": o.seed,
+            "shuffle": o.shuffle,
+            "window": o.window,
+            "batch_size": o.batch_size,
+            "world_size": ds.world_size,
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any], *, strict: bool = True) -> None:
+        """Resume from ``state_dict`` at the next iteration of its epoch."""
+        if not state_dict:
+            return
+        check_state(state_dict, self.state_dict(), strict=strict)
+        self._pending = dict(state_dict)
+        self._progress = None
+        if not self.epoch_fn:
+            self._epoch = int(state_dict["epoch"])
+
+
+class _LazyEpoch:
+    """One pass over the loader; starts the workers at the first ``next()``."""
+
+    def __init__(self, loader: StreamingDataLoader) -> None:
+        self.loader = loader
+        self._it: Any = None
+
+    def __iter__(self) -> "_LazyEpoch":
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = iter(self.loader._begin())
+        while True:
+            try:
+                header, batch = next(self._it)
+            except StopIteration:
+                self.loader._finished()
+                raise
+            self.loader._on_batch(header, batch is not None)
+            if batch is not None:
+                return batch
+
+    def __len__(self) -> int:
+        return len(self.loader)

@@ -1,0 +1,88 @@
+"""How the positions of an epoch are split into batches over ranks, then over workers.
+
+Training advances in *global steps*: each step every rank takes one batch. Step ``s`` of an
+epoch that (re)starts at position ``start`` covers positions
+``[start + s * world_size * batch_size, ...)``, and rank ``r`` takes the ``r``-th slice of it.
+The rows left over after the last full step are split evenly over the ranks when every rank
+gets at least one; otherwise (fewer leftover rows than ranks, or ``drop_last``) they are dropped
+and counted. Every rank therefore takes exactly the same number of steps, and at most
+``world_size - 1`` rows (``world_size * batch_size - 1`` with ``drop_last``) are dropped per epoch.
+
+Inside a rank, local batch ``i`` is made by DataLoader worker ``i % num_workers``; the
+DataLoader's in-order round robin then hands the batches back as ``0, 1, 2, ...`` whatever the
+number of workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Layout"]
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The batch layout of one epoch (or of the rest of one, after a resume).
+
+    Example:
+        >>> lay = Layout(num_rows=10, start=0, batch_size=4, world_size=1, drop_last=False)
+        >>> lay.num_steps, [lay.batch_range(s, 0) for s in range(lay.num_steps)]
+        (3, [(0, 4), (4, 8), (8, 10)])
+    """
+
+    num_rows: int
+    start: int
+    batch_size: int
+    world_size: int = 1
+    drop_last: bool = False
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.world_size < 1:
+            raise ValueError(f"world_size must be >= 1, got {self.world_size}")
+        if not 0 <= self.start <= self.num_rows:
+            raise ValueError(f"start position {self.start} is outside the epoch's {self.num_rows} rows")
+
+    @property
+    def step_rows(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def full_steps(self) -> int:
+        return (self.num_rows - self.start) // self.step_rows
+
+    @property
+    def tail_rows(self) -> int:
+        """Rows of the last, partial step (0 when it is dropped)."""
+        rest = self.num_rows - self.start - self.full_steps * self.step_rows
+        if self.drop_last or rest < self.world_size:
+            return 0
+        return rest
+
+    @property
+    def num_steps(self) -> int:
+        return self.full_steps + (1 if self.tail_rows else 0)
+
+    @property
+    def dropped_rows(self) -> int:
+        """Rows of this epoch (after ``start``) that no rank will see."""
+        return self.num_rows - self.start - self.full_steps * self.step_rows - self.tail_rows
+
+    def batch_range(self, step: int, rank: int) -> tuple[int, int]:
+        """Epoch positions ``[a, b)`` of ``rank``'s batch at global ``step``."""
+        if not 0 <= step < self.num_steps:
+            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        if step < self.full_steps:
+            a = self.start + step * self.step_rows + rank * self.batch_size
+            return a, a + self.batch_size
+        base = self.start + self.full_steps * self.step_rows
+        q, r = divmod(self.tail_rows, self.world_size)
+        a = base + rank * q + min(rank, r)
+        return a, a + q + (1 if rank < r else 0)
+
+    def position_after(self, steps: int) -> int:
+        """Epoch position once ``steps`` global steps are done (all rows consumed after the last)."""
+        if steps >= self.num_steps:
+            return self.num_rows
+        return self.start + steps * self.step_rows

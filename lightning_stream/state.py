@@ -1,0 +1,61 @@
+"""The loader state saved in checkpoints: a versioned dict of plain types, and its checks.
+
+A state is only meaningful for the data and order it was written for. Resuming on other files,
+other row counts, another seed or another shuffle setting would silently train on a different
+sequence, so :func:`check_state` refuses it and says what differs; ``strict=False`` (the
+datamodule's ``strict_resume=False``) accepts it for users who mean it, keeping only the epoch
+and a position clipped to the new data.
+
+Version history:
+    1: epoch, position, steps, num_rows, fingerprint, seed, shuffle, window, batch_size, world_size.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+__all__ = ["STATE_VERSION", "StateMismatchError", "check_state"]
+
+log = logging.getLogger(__name__)
+
+STATE_VERSION = 1
+_REQUIRED = ("version", "epoch", "position", "steps")
+# Keys whose difference means the saved position points into another sequence of rows.
+_MUST_MATCH = {
+    "fingerprint": "the data (file list or row counts)",
+    "num_rows": "the number of rows",
+    "seed": "the shuffle seed",
+    "shuffle": "the shuffle setting",
+    "window": "the shuffle window (buffer_size)",
+}
+
+
+class StateMismatchError(ValueError):
+    """A checkpoint's loader state does not belong to the data or order it is loaded into."""
+
+
+def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool = True) -> None:
+    """Raise :class:`StateMismatchError` when ``saved`` cannot resume the loader described by ``current``."""
+    if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
+        raise StateMismatchError(f"not a lightning_stream loader state (expected keys {_REQUIRED}): {saved!r:.200}")
+    version = saved["version"]
+    if not isinstance(version, int) or version > STATE_VERSION:
+        raise StateMismatchError(
+            f"the checkpoint's loader state has version {version}, newer than this lightning_stream's {STATE_VERSION}; "
+            "upgrade lightning_stream to resume from it"
+        )
+    diffs = [
+        f"{what}: checkpoint has {saved[key]!r}, now {current[key]!r}"
+        for key, what in _MUST_MATCH.items()
+        if key in saved and saved[key] != current.get(key)
+    ]
+    if not diffs:
+        return
+    message = "the checkpoint was written for other data or another order; " + "; ".join(diffs)
+    if strict:
+        raise StateMismatchError(message + ". Pass strict_resume=False to resume anyway (the order will differ).")
+    log.warning("%s. Resuming anyway (strict_resume=False).", message)
+    num_rows = current.get("num_rows")
+    if num_rows is not None and saved["position"] > num_rows:
+        saved["position"] = num_rows

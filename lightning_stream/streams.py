@@ -1,0 +1,127 @@
+"""Sources read front to back: hub ids with ``streaming=True``, json(.gz), csv, webdataset...
+
+The epoch order has the same shape as for random-access sources (``order.py``): shard order
+shuffled with ``rng(seed, epoch)``, then rows shuffled inside fixed windows of the concatenated
+stream. Because a window is a pure function of the stream, a resume rebuilds it by reading
+instead of storing the buffered rows in the checkpoint: the checkpoint stays a few integers and
+the shuffle is exact. The price is that resuming at position ``p`` reads (without decoding or
+transforming) the ``p`` rows before it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Optional
+
+import numpy as np
+import pyarrow as pa
+
+import datasets
+
+from .order import block_permutation, window_permutation
+from .sources import Source, _fingerprint, _select
+
+log = logging.getLogger(__name__)
+
+__all__ = ["StreamStore", "StreamWindows"]
+
+_READ_ROWS = 1000
+
+
+class StreamStore:
+    """A ``datasets.IterableDataset`` read shard by shard, as arrow tables."""
+
+    random_access = False
+
+    def __init__(self, source: Source) -> None:
+        kwargs = dict(source.load_kwargs)
+        for key in ("name", "data_files", "data_dir"):
+            if getattr(source, key) is not None:
+                kwargs[key] = getattr(source, key)
+        try:
+            ids = datasets.load_dataset(source.path, split=source.split, streaming=True, **kwargs)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"Source(path={source.path!r}): {err}") from err
+        if source.columns is not None:
+            ids = ids.select_columns(source.columns)
+        self._ids = ids
+        self.where = source.path if source.data_files is None else f"{source.path}:{source.data_files}"
+        self.num_shards = ids.num_shards
+        self.features: Optional[datasets.Features] = ids.features
+        if self.features is not None:
+            self.features = _select(self.features, source.columns, self.where)
+        splits = (ids.info.splits or {}) if ids.info else {}
+        info = splits.get(source.split) if hasattr(splits, "get") else None
+        self.num_rows: Optional[int] = info.num_examples if info is not None and info.num_examples else None
+        self.block_lengths = None
+        self.fingerprint = _fingerprint([source.path, source.name, str(source.data_files), source.split, self.num_shards])
+
+    def read_shard(self, index: int) -> Iterator[pa.Table]:
+        shard = self._ids.shard(num_shards=self.num_shards, index=index, contiguous=True)
+        for table in shard.with_format("arrow").iter(batch_size=_READ_ROWS):
+            if self.features is None:
+                self.features = datasets.Features.from_arrow_schema(table.schema)
+            yield table
+
+    def describe(self, row: int) -> str:
+        return f"{self.where} (epoch row {row})"
+
+
+class StreamWindows:
+    """One epoch of a stream, cut into shuffled windows, read only as far as asked."""
+
+    def __init__(self, store: StreamStore, *, seed: int, epoch: int, shuffle: bool, window: int) -> None:
+        self.store, self.seed, self.epoch, self.shuffle, self.window = store, seed, epoch, shuffle, window
+        shards = block_permutation(store.num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
+        self._tables = (t for s in shards for t in store.read_shard(int(s)))
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+        self._windows: dict[int, pa.Table] = {}
+        self._next_window = 0
+        self.num_rows: Optional[int] = None  # known once the stream has ended
+
+    def _fill(self) -> bool:
+        """Read the next window; False when the stream has ended."""
+        if self.num_rows is not None:
+            return False
+        while self._pending_rows < self.window:
+            table = next(self._tables, None)
+            if table is None:
+                break
+            self._pending.append(table)
+            self._pending_rows += table.num_rows
+        if not self._pending_rows:
+            self.num_rows = self._next_window * self.window
+            return False
+        rows = pa.concat_tables(self._pending).combine_chunks() if len(self._pending) > 1 else self._pending[0]
+        head, tail = rows.slice(0, self.window), rows.slice(self.window)
+        self._pending, self._pending_rows = ([tail], tail.num_rows) if tail.num_rows else ([], 0)
+        w = self._next_window
+        if self.shuffle:
+            head = head.take(pa.array(window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w)))
+        self._windows[w] = head
+        self._next_window += 1
+        if head.num_rows < self.window:
+            self.num_rows = w * self.window + head.num_rows
+        return True
+
+    def available(self, position: int) -> bool:
+        """Whether the stream reaches ``position`` (reads ahead as needed)."""
+        while position >= self._next_window * self.window:
+            if not self._fill():
+                return position < (self.num_rows or 0)
+        return self.num_rows is None or position < self.num_rows
+
+    def take(self, a: int, b: int) -> pa.Table:
+        """Rows at epoch positions ``[a, b)``, which must be available."""
+        # Positions only move forward: windows wholly before ``a`` are done with.
+        self._windows = {k: v for k, v in self._windows.items() if k >= a // self.window}
+        pieces = []
+        for w in range(a // self.window, (b - 1) // self.window + 1):
+            lo, hi = max(a, w * self.window) - w * self.window, min(b, (w + 1) * self.window) - w * self.window
+            if w not in self._windows:
+                raise RuntimeError(f"stream window {w} is no longer buffered (positions must move forward)")
+            pieces.append(self._windows[w].slice(lo, hi - lo))
+        return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+

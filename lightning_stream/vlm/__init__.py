@@ -1,0 +1,52 @@
+"""Vision-language fine-tuning on streamed (image, question, answer) rows.
+
+Public names (imported lazily, so a DataLoader worker that unpickles a transform does not
+pay for importing Lightning and the model classes):
+
+- :class:`VisionLanguageModel` -- LightningModule around any HF image-text-to-text model.
+- :class:`VLMTransform` -- batched map from rows to ``input_ids``/``labels``/``pixel_values``.
+- :class:`VLMCollator` -- dynamic padding into a batch of tensors.
+- :class:`ShapesData`, :func:`make_shapes`, :func:`build_tiny_vlm` -- offline synthetic data
+  and a tiny VLM that learns it on a CPU.
+- :func:`load_image` -- any image value to RGB ``PIL.Image``.
+
+Example:
+    >>> from lightning_stream.vlm import VLMTransform, VLMCollator
+    >>> transform = VLMTransform(processor="data/shapes/model", max_length=128)
+    >>> collate = VLMCollator(processor="data/shapes/model")
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lightning_stream.vlm.collate import VLMCollator
+    from lightning_stream.vlm.data import ShapesData, build_tiny_vlm, make_shapes
+    from lightning_stream.vlm.images import load_image
+    from lightning_stream.vlm.module import VisionLanguageModel
+    from lightning_stream.vlm.transform import VLMTransform
+
+_EXPORTS = {
+    "VisionLanguageModel": "module",
+    "VLMTransform": "transform",
+    "VLMCollator": "collate",
+    "ShapesData": "data",
+    "make_shapes": "data",
+    "build_tiny_vlm": "data",
+    "load_image": "images",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        module = importlib.import_module(f"{__name__}.{_EXPORTS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
