@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any, Literal, Optional, Union
 
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 __all__ = ["StreamingDataModule"]
 
 Step = Union[Map, Filter, Callable]
+
+# Each worker makes its own, disjoint batches, so the length Lightning warns about is exact.
+warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
 
 
 class StreamingDataModule(pl.LightningDataModule):

@@ -1,0 +1,149 @@
+"""The datamodule on real datasets objects and real Trainer runs."""
+
+import math
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from conftest import PARQUET_SIZES
+from lightning_stream import Filter, Source, StreamingDataModule
+from lightning_stream.testing import BatchRecorder, IdModel
+
+
+def text_len(batch):
+    return {"n": [len(t) for t in batch["text"]]}
+
+
+def epoch_ids(loader):
+    return [i for b in loader for i in b["id"].tolist()]
+
+
+def trainer(tmp_path, **kw):
+    kw.setdefault("max_epochs", 1)
+    return pl.Trainer(
+        accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, default_root_dir=str(tmp_path), **kw,
+    )
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_shuffled_epochs_are_permutations_that_differ(source, num_workers):
+    dm = StreamingDataModule(train=source, transform=text_len, batch_size=16, num_workers=num_workers, buffer_size=100, seed=1)
+    loader = dm.train_dataloader()
+    epochs = []
+    for e in range(2):
+        loader.set_epoch(e)
+        epochs.append(epoch_ids(loader))
+    for ids in epochs:
+        assert sorted(ids) == list(range(1000))
+    assert epochs[0] != epochs[1]
+    again = StreamingDataModule(train=source, batch_size=16, num_workers=0, buffer_size=100, seed=1).train_dataloader()
+    assert epoch_ids(again) == epochs[0]  # same seed, same order, whatever the worker count
+
+
+def test_transform_output_reaches_batch(source):
+    dm = StreamingDataModule(train=source, transform=text_len, batch_size=8, shuffle=False)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["id"].tolist() == list(range(8))
+    assert batch["n"].tolist() == [len(f"row {i}") for i in range(8)]
+    assert batch["text"][0] == "row 0"
+
+
+@pytest.mark.parametrize("batch_size,drop_last", [(16, False), (16, True), (7, False)])
+def test_len_is_the_true_number_of_batches(source, batch_size, drop_last):
+    loader = StreamingDataModule(train=source, batch_size=batch_size, drop_last=drop_last).train_dataloader()
+    expected = 1000 // batch_size if drop_last else math.ceil(1000 / batch_size)
+    assert len(loader) == expected == sum(1 for _ in loader)
+
+
+def test_one_parquet_file_keeps_both_workers_busy(data_dir):
+    def tag_worker(batch):
+        info = torch.utils.data.get_worker_info()
+        return {"worker": [info.id] * len(batch["id"])}
+
+    dm = StreamingDataModule(train=os.path.join(data_dir, "one.parquet"), transform=tag_worker, batch_size=10, num_workers=2)
+    workers = [w for b in dm.train_dataloader() for w in b["worker"].tolist()]
+    assert len(workers) == 1000
+    assert workers.count(0) == workers.count(1) == 500
+
+
+def test_trainer_sees_length_progress_total_and_steps(tmp_path, data_dir):
+    files = os.path.join(data_dir, "pq", "train-*.parquet")
+    dm = StreamingDataModule(train=Source(path="parquet", data_files=files), batch_size=32)
+    rec = BatchRecorder()
+    t = trainer(tmp_path, max_epochs=2, callbacks=[rec], accumulate_grad_batches=2)
+    t.fit(IdModel(), datamodule=dm)
+    assert t.num_training_batches == math.ceil(sum(PARQUET_SIZES) / 32) == 32
+    assert t.estimated_stepping_batches == 32  # 2 epochs x 32 batches / 2 accumulation
+    assert len(rec.batches) == 64
+    for epoch in (0, 1):
+        ids = sorted(i for e, b in rec.batches if e == epoch for i in b)
+        assert ids == list(range(1000))
+
+
+def test_progress_bar_has_a_total(tmp_path, data_dir):
+    from lightning.pytorch.callbacks import TQDMProgressBar
+
+    totals = []
+
+    class Bar(TQDMProgressBar):
+        def on_train_epoch_start(self, trainer, *args):
+            super().on_train_epoch_start(trainer, *args)
+            totals.append(self.train_progress_bar.total)
+
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=100)
+    t = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=1, callbacks=[Bar()], default_root_dir=str(tmp_path))
+    t.fit(IdModel(), datamodule=dm)
+    assert totals == [10]
+
+
+def test_every_epoch_is_complete_and_fresh_under_the_trainer(tmp_path, source):
+    dm = StreamingDataModule(train=source, batch_size=50, num_workers=2, persistent_workers=True, buffer_size=200, seed=4)
+    rec = BatchRecorder()
+    trainer(tmp_path, max_epochs=3, callbacks=[rec]).fit(IdModel(), datamodule=dm)
+    orders = [[i for e, b in rec.batches if e == epoch for i in b] for epoch in range(3)]
+    for ids in orders:
+        assert sorted(ids) == list(range(1000))
+    assert orders[0] != orders[1] != orders[2]
+
+
+def test_filter_shrinks_batches_but_keeps_the_step_count(source):
+    dm = StreamingDataModule(train=source, filter=lambda b: [i % 3 != 0 for i in b["id"]], batch_size=10, shuffle=False)
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 100
+    ids = [i for b in batches for i in b["id"].tolist()]
+    assert ids == [i for i in range(1000) if i % 3 != 0]
+    assert loader.stats.filtered == 334
+
+
+def test_batch_emptied_by_the_filter_is_not_yielded(source):
+    dm = StreamingDataModule(train=source, filter=Filter(lambda r: r["id"] >= 20, batched=False), batch_size=10, shuffle=False)
+    batches = list(dm.train_dataloader())
+    assert len(batches) == 98
+    assert batches[0]["id"][0].item() == 20
+
+
+def test_validation_loader_reads_everything_in_order(tmp_path, data_dir):
+    seen = []
+
+    class Val(IdModel):
+        def validation_step(self, batch, batch_idx):
+            seen.extend(batch["id"].tolist())
+
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "one.parquet"), batch_size=64, val_batch_size=100)
+    trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0).fit(Val(), datamodule=dm)
+    assert seen == list(range(1000)) * 2
+
+
+def test_nothing_is_materialised(data_dir):
+    """A worker holds at most its cache of decoded row groups, bounded by the shuffle window."""
+    dm = StreamingDataModule(train=Source(path="parquet", data_files=os.path.join(data_dir, "pq", "*.parquet")), batch_size=10, buffer_size=100)
+    loader = dm.train_dataloader()
+    store = loader.dataset.store
+    peak = 0
+    for _ in loader:
+        peak = max(peak, sum(t.num_rows for t in store._cache.values()))
+    assert 0 < peak <= 2 * 100 + 64

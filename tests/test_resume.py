@@ -1,0 +1,102 @@
+"""Resume equivalence: the central promise, on real checkpoints written by real Trainer runs."""
+
+import os
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from lightning_stream import Source, StateMismatchError, StreamingDataModule
+from lightning_stream.testing import IdModel, assert_resume_equivalent
+
+# 1000 rows, batch 16 -> 63 steps per epoch; step 20 is mid epoch 0, step 150 mid epoch 2.
+STEPS_PER_EPOCH = 63
+
+
+@pytest.mark.parametrize("stop_at_step", [20, 150])
+@pytest.mark.parametrize("shuffle", [False, True])
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_is_exact(tmp_path, source, num_workers, shuffle, stop_at_step):
+    def make():
+        return StreamingDataModule(train=source, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=3)
+
+    report = assert_resume_equivalent(make, stop_at_step=stop_at_step, tmp_path=str(tmp_path), max_epochs=3)
+    assert len(report.uninterrupted) == 3 * STEPS_PER_EPOCH
+    assert len(report.after_resume) == 3 * STEPS_PER_EPOCH - stop_at_step
+
+
+def test_resume_with_persistent_workers_and_accumulation(tmp_path, data_dir):
+    def make():
+        return StreamingDataModule(
+            train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2, persistent_workers=True, buffer_size=64, seed=5
+        )
+
+    assert_resume_equivalent(make, stop_at_step=40, tmp_path=str(tmp_path), max_epochs=3, accumulate_grad_batches=2)
+
+
+def test_resume_at_the_last_batch_of_an_epoch(tmp_path, data_dir):
+    def make():
+        return StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, buffer_size=100)
+
+    report = assert_resume_equivalent(make, stop_at_step=STEPS_PER_EPOCH, tmp_path=str(tmp_path), max_epochs=2)
+    assert {e for e, _ in report.after_resume} == {1}
+
+
+def test_resume_with_max_steps_and_lr_schedule_sized_from_length(tmp_path, source):
+    """``estimated_stepping_batches`` in configure_optimizers runs before Lightning restores loops."""
+
+    class Scheduled(IdModel):
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=0.1)
+            total = self.trainer.estimated_stepping_batches
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=total)}
+
+    def make():
+        return StreamingDataModule(train=source, batch_size=16, num_workers=2, buffer_size=100)
+
+    assert_resume_equivalent(make, make_model=Scheduled, stop_at_step=90, tmp_path=str(tmp_path), max_steps=140)
+
+
+def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    t.fit(IdModel(), datamodule=dm)
+    path = os.path.join(str(tmp_path), "end.ckpt")
+    t.save_checkpoint(path)
+    ckpt = torch.load(path, weights_only=True)  # plain data only: no pickled objects
+    state = ckpt["StreamingDataModule"]["train"]
+    assert state["epoch"] == 0 and state["position"] == 160 and state["steps"] == 10
+    assert all(isinstance(v, (int, str, bool, type(None))) for v in state.values())
+    assert len(repr(state)) < 1000
+
+
+def test_checkpoint_from_other_data_is_refused(tmp_path, data_dir):
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=5, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    t.fit(IdModel(), datamodule=dm)
+    path = os.path.join(str(tmp_path), "a.ckpt")
+    t.save_checkpoint(path)
+
+    other = StreamingDataModule(train=Source(path="parquet", data_files=os.path.join(data_dir, "one.parquet")), batch_size=16)
+    t2 = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    with pytest.raises(StateMismatchError, match="other data"):
+        t2.fit(IdModel(), datamodule=other, ckpt_path=path)
+
+    reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9)
+    t3 = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    with pytest.raises(StateMismatchError, match="seed"):
+        t3.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
+
+
+def test_loader_state_dict_without_trainer(data_dir):
+    def loader():
+        return StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=10, num_workers=2, buffer_size=50).train_dataloader()
+
+    full = [b["id"].tolist() for b in loader()]
+    first = loader()
+    it = iter(first)
+    head = [next(it)["id"].tolist() for _ in range(37)]
+    state = first.state_dict()
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert head + [b["id"].tolist() for b in resumed] == full
