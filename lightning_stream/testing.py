@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,14 +41,23 @@ def batch_key(batch: Any, id_key: str = "id") -> tuple:
 
 
 class BatchRecorder(pl.Callback):
-    """Records ``(epoch, batch_key(batch))`` for every batch that reaches ``training_step``."""
+    """Records ``(epoch, batch_key(batch))`` for every batch that reaches ``training_step``.
 
-    def __init__(self, id_key: str = "id") -> None:
+    With ``path``, the record is appended to that JSON-lines file as training goes (usable from
+    a CLI config: ``--trainer.callbacks+=lightning_stream.testing.BatchRecorder``).
+    """
+
+    def __init__(self, id_key: str = "id", path: Optional[str] = None) -> None:
         self.id_key = id_key
+        self.path = path
         self.batches: list[tuple[int, tuple]] = []
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        self.batches.append((trainer.current_epoch, batch_key(batch, self.id_key)))
+        entry = (trainer.current_epoch, batch_key(batch, self.id_key))
+        self.batches.append(entry)
+        if self.path is not None and trainer.is_global_zero:
+            with open(self.path, "a") as f:
+                f.write(json.dumps([trainer.global_step, entry[0], list(entry[1])]) + "\n")
 
 
 class IdModel(pl.LightningModule):
