@@ -60,6 +60,10 @@ class StreamingDataModule(pl.LightningDataModule):
         on_error: ``"raise"`` stops on a row that cannot be decoded or transformed, naming it;
             ``"skip"`` drops such rows and counts them (``data/rows_skipped``).
         strict_resume: refuse a checkpoint written for other data, seed or shuffle settings.
+        even: how every rank gets the same number of training steps when the last step has
+            fewer rows than ranks: ``"drop"`` those rows (at most ``world_size - 1`` per epoch,
+            logged) or ``"pad"`` the ranks without one with a copy of an early row. Validation
+            never drops nor pads: each rank reads a contiguous run, in equal step counts.
 
     Example:
         >>> dm = StreamingDataModule(
@@ -89,6 +93,7 @@ class StreamingDataModule(pl.LightningDataModule):
         prepare: Optional[Callable[[], Any]] = None,
         on_error: Literal["raise", "skip"] = "raise",
         strict_resume: bool = True,
+        even: Literal["drop", "pad"] = "drop",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -99,6 +104,8 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if even not in ("drop", "pad"):
+            raise ValueError(f"even must be 'drop' or 'pad', got {even!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.train_source = as_source(train)
@@ -120,6 +127,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.prepare = prepare
         self.on_error = on_error
         self.strict_resume = strict_resume
+        self.even = even
         self.train_loader: Optional[StreamingDataLoader] = None
         self._pending_state: Optional[dict] = None
 
@@ -155,6 +163,8 @@ class StreamingDataModule(pl.LightningDataModule):
             collate_fn=self.collate_fn,
             on_error=self.on_error,
             cache_rows=2 * self.buffer_size,
+            pad=self.even == "pad",
+            evaluation=not train,
         )
         dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
         loader = StreamingDataLoader(
@@ -173,8 +183,9 @@ class StreamingDataModule(pl.LightningDataModule):
                 f"{source.path!r} has {layout.num_rows} rows: too few for one batch of {options.batch_size} "
                 f"on each of {world_size} ranks"
             )
-        elif layout.dropped_rows:
-            rank_zero_info(f"lightning_stream: {layout.dropped_rows} rows of {source.path!r} are dropped each epoch to keep ranks even")
+        elif layout.dropped_rows or layout.padded_rows:
+            what = f"{layout.dropped_rows} rows are dropped" if layout.dropped_rows else f"{layout.padded_rows} rows are repeated"
+            rank_zero_info(f"lightning_stream: {what} in each epoch of {source.path!r} so that every rank takes {layout.num_steps} steps")
         return loader
 
     def train_dataloader(self) -> StreamingDataLoader:

@@ -17,7 +17,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import numpy as np
 import pyarrow as pa
@@ -26,7 +26,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
 from .order import EpochOrder
-from .sharding import Layout
+from .sharding import EvalLayout, Layout
 from .sources import Source, open_store
 from .streams import StreamWindows
 from .transforms import Pipeline
@@ -61,6 +61,8 @@ class _Options:
     collate_fn: Optional[Callable[[list[dict]], Any]]
     on_error: Literal["raise", "skip"]
     cache_rows: int
+    pad: bool = False
+    evaluation: bool = False
 
 
 class StreamingDataset(IterableDataset):
@@ -92,12 +94,14 @@ class StreamingDataset(IterableDataset):
     def num_rows(self) -> Optional[int]:
         return self.store.num_rows
 
-    def layout(self, start: int = 0) -> Optional[Layout]:
+    def layout(self, start: int = 0) -> Union[Layout, EvalLayout, None]:
         n = self.num_rows
         if n is None:
             return None
         o = self.options
-        return Layout(n, start, o.batch_size, self.world_size, o.drop_last)
+        if o.evaluation:
+            return EvalLayout(n, o.batch_size, self.world_size)
+        return Layout(n, start, o.batch_size, self.world_size, o.drop_last, o.pad)
 
     def __len__(self) -> int:
         layout = self.layout()
@@ -117,11 +121,11 @@ class StreamingDataset(IterableDataset):
         o = self.options
         store = self.store
         if store.random_access:
-            layout = Layout(store.num_rows, start, o.batch_size, self.world_size, o.drop_last)
+            layout = self.layout(start)
             order = EpochOrder(store.block_lengths, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
             for step in range(worker, layout.num_steps, num_workers):
                 a, b = layout.batch_range(step, self.rank)
-                rows = order.rows(np.arange(a, b))
+                rows = order.rows(np.arange(a, b) % store.num_rows)  # wraps only for pad=True
                 yield self._make(step, store.take(rows), lambda i, rows=rows: store.describe(int(rows[i])))
             return
         windows = StreamWindows(store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)

@@ -99,6 +99,7 @@ class StreamingDataLoader(StatefulDataLoader):
         self._pending: Optional[dict] = None
         self._progress: Optional[dict] = None
         self._awaiting: deque[int] = deque()
+        self._len_hint: Optional[int] = None
         self.stats = _EpochStats()
 
     # -- epoch and length -------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class StreamingDataLoader(StatefulDataLoader):
         return self._epoch
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return self._len_hint if self._len_hint is not None else len(self.dataset)
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> "_LazyEpoch":  # type: ignore[override]
@@ -149,6 +150,7 @@ class StreamingDataLoader(StatefulDataLoader):
             self._progress["steps"] = self._awaiting.popleft() + 1
 
     def _finished(self) -> None:
+        self._len_hint = None
         if not self.epoch_fn and not self._explicit_epoch:
             self._epoch += 1
 
@@ -194,6 +196,11 @@ class StreamingDataLoader(StatefulDataLoader):
         check_state(state_dict, self.state_dict(), strict=strict)
         self._pending = dict(state_dict)
         self._progress = None
+        layout = self.dataset.layout(min(int(state_dict["position"]), self.dataset.num_rows or 0))
+        if layout is not None:
+            # Resumed on another world size, the resumed epoch can hold more steps than a fresh one;
+            # Lightning sizes its loop from len() once, so len() must not undercount that epoch.
+            self._len_hint = max(len(self.dataset), int(state_dict["steps"]) + layout.num_steps)
         if not self.epoch_fn:
             self._epoch = int(state_dict["epoch"])
 

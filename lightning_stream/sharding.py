@@ -8,6 +8,12 @@ gets at least one; otherwise (fewer leftover rows than ranks, or ``drop_last``) 
 and counted. Every rank therefore takes exactly the same number of steps, and at most
 ``world_size - 1`` rows (``world_size * batch_size - 1`` with ``drop_last``) are dropped per epoch.
 
+With ``pad=True`` no row is dropped: ranks left without a row in the last step get a copy of one
+of the epoch's first rows instead (positions past the end wrap around).
+
+Evaluation uses :class:`EvalLayout` instead: every row exactly once, equal step counts, batch
+sizes differing by at most one, so metrics over a validation run are exact on any world size.
+
 Inside a rank, local batch ``i`` is made by DataLoader worker ``i % num_workers``; the
 DataLoader's in-order round robin then hands the batches back as ``0, 1, 2, ...`` whatever the
 number of workers.
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Layout"]
+__all__ = ["Layout", "EvalLayout"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Layout:
     batch_size: int
     world_size: int = 1
     drop_last: bool = False
+    pad: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -56,8 +63,10 @@ class Layout:
     def tail_rows(self) -> int:
         """Rows of the last, partial step (0 when it is dropped)."""
         rest = self.num_rows - self.start - self.full_steps * self.step_rows
-        if self.drop_last or rest < self.world_size:
+        if self.drop_last or not rest:
             return 0
+        if rest < self.world_size:
+            return self.world_size if self.pad else 0
         return rest
 
     @property
@@ -67,7 +76,12 @@ class Layout:
     @property
     def dropped_rows(self) -> int:
         """Rows of this epoch (after ``start``) that no rank will see."""
-        return self.num_rows - self.start - self.full_steps * self.step_rows - self.tail_rows
+        return max(0, self.num_rows - self.start - self.full_steps * self.step_rows - self.tail_rows)
+
+    @property
+    def padded_rows(self) -> int:
+        """Rows repeated in the last step so that every rank has one (``pad=True``)."""
+        return max(0, self.start + self.full_steps * self.step_rows + self.tail_rows - self.num_rows)
 
     def batch_range(self, step: int, rank: int) -> tuple[int, int]:
         """Epoch positions ``[a, b)`` of ``rank``'s batch at global ``step``."""
@@ -86,3 +100,47 @@ class Layout:
         if steps >= self.num_steps:
             return self.num_rows
         return self.start + steps * self.step_rows
+
+
+@dataclass(frozen=True)
+class EvalLayout:
+    """Every row once, split into contiguous per-rank runs and the same number of steps per rank.
+
+    Example:
+        >>> lay = EvalLayout(num_rows=1001, batch_size=10, world_size=2)
+        >>> lay.num_steps, lay.batch_range(0, 1), lay.batch_range(50, 1)
+        (51, (501, 511), (992, 1001))
+    """
+
+    num_rows: int
+    batch_size: int
+    world_size: int = 1
+    start: int = 0
+    dropped_rows: int = 0
+    padded_rows: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_rows < self.world_size:
+            raise ValueError(f"{self.num_rows} evaluation rows cannot be split over {self.world_size} ranks")
+
+    @property
+    def num_steps(self) -> int:
+        return -(-self.num_rows // (self.batch_size * self.world_size))
+
+    def _rank_rows(self, rank: int) -> tuple[int, int]:
+        q, r = divmod(self.num_rows, self.world_size)
+        start = rank * q + min(rank, r)
+        return start, q + (1 if rank < r else 0)
+
+    def batch_range(self, step: int, rank: int) -> tuple[int, int]:
+        if not 0 <= step < self.num_steps:
+            raise IndexError(f"step {step} outside [0, {self.num_steps})")
+        first, n = self._rank_rows(rank)
+        q, r = divmod(n, self.num_steps)
+        if q == 0:
+            raise ValueError(
+                f"evaluation batch {step} of rank {rank} would be empty: {self.num_rows} rows are too few "
+                f"for {self.num_steps} steps on {self.world_size} ranks; lower the batch size"
+            )
+        a = first + step * q + min(step, r)
+        return a, a + q + (1 if step < r else 0)

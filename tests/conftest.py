@@ -50,3 +50,14 @@ def source(request, data_dir):
     if request.param == "disk":
         return os.path.join(data_dir, "disk")
     return Source(path="parquet", data_files=os.path.join(data_dir, "pq", "train-*.parquet"))
+
+
+@pytest.fixture(scope="session")
+def uneven_dir(tmp_path_factory) -> str:
+    """1001 rows as one file, and as 3 files of very different sizes."""
+    root = str(tmp_path_factory.mktemp("uneven"))
+    write_parquet(os.path.join(root, "odd.parquet"), 0, 1001, row_group_size=100)
+    os.makedirs(os.path.join(root, "three"))
+    for i, (a, b) in enumerate([(0, 900), (900, 960), (960, 1001)]):
+        write_parquet(os.path.join(root, "three", f"part-{i}.parquet"), a, b, row_group_size=50)
+    return root

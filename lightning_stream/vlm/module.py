@@ -199,8 +199,11 @@ class VisionLanguageModel(pl.LightningModule):
         # it must run on every rank, even one that saw no answer tokens, or DDP would hang.
         loss = self.val_loss.compute()
         acc = self.val_answer_acc.compute()
-        self.val_loss.reset()
-        self.val_answer_acc.reset()
+        # reset() clones fresh states; under inference mode (Trainer.validate) they would be
+        # inference tensors, which a later fit's validation may not update in place.
+        with torch.inference_mode(False):
+            self.val_loss.reset()
+            self.val_answer_acc.reset()
         # The values are equal on all ranks already; sync_dist=True averages equal numbers,
         # which costs one tiny all-reduce and keeps Lightning's epoch-level check quiet.
         self.log_dict(

@@ -1,0 +1,86 @@
+"""One (possibly multi-process) training run, driven by the distributed tests.
+
+Each rank appends ``[epoch, global_step, ids]`` per training batch to ``OUT/train-rank{R}.jsonl``;
+rank 0 writes the validation metric to ``OUT/val.json``. Launch it directly (Lightning's DDP
+launcher starts the other ranks) or under torchrun.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import lightning.pytorch as pl
+import torch
+from torchmetrics import MeanMetric
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from lightning_stream import Source, StreamingDataModule  # noqa: E402
+from lightning_stream.testing import IdModel  # noqa: E402
+
+
+class Recorder(pl.Callback):
+    def __init__(self, out):
+        self.out = out
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        with open(os.path.join(self.out, f"train-rank{trainer.global_rank}.jsonl"), "a") as f:
+            f.write(json.dumps([trainer.current_epoch, trainer.global_step, batch["id"].tolist()]) + "\n")
+
+
+class Model(IdModel):
+    def __init__(self):
+        super().__init__()
+        self.val_mean = MeanMetric()
+        self.val_rows = MeanMetric()
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        self.log("train/loss", loss, sync_dist=True)  # a collective every step: uneven ranks would hang
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.val_mean.update(batch["id"].float())
+        self.val_rows.update(torch.tensor(float(len(batch["id"]))), weight=1.0)
+        self.log("val/mean", self.val_mean)
+        self.log("val/loss", torch.zeros(()), sync_dist=True)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--train", nargs="+", required=True)
+    p.add_argument("--val", default=None)
+    p.add_argument("--out", required=True)
+    p.add_argument("--devices", type=int, default=2)
+    p.add_argument("--num-nodes", type=int, default=1)
+    p.add_argument("--workers", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=10)
+    p.add_argument("--no-shuffle", action="store_true")
+    p.add_argument("--max-epochs", type=int, default=2)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--ckpt-every", type=int, default=0)
+    p.add_argument("--resume", default=None)
+    a = p.parse_args()
+    os.makedirs(a.out, exist_ok=True)
+    train = a.train[0] if len(a.train) == 1 and not a.train[0].endswith(".parquet") else Source(path="parquet", data_files=a.train)
+    dm = StreamingDataModule(
+        train=train, val=a.val, batch_size=a.batch_size, num_workers=a.workers, shuffle=not a.no_shuffle, buffer_size=64, seed=11
+    )
+    callbacks = [Recorder(a.out)]
+    if a.ckpt_every:
+        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=os.path.join(a.out, "ckpt"), every_n_train_steps=a.ckpt_every, save_top_k=-1, filename="{step}"))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=a.devices, num_nodes=a.num_nodes, strategy="ddp" if a.devices * a.num_nodes > 1 else "auto",
+        max_epochs=a.max_epochs, max_steps=a.max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+        enable_checkpointing=bool(a.ckpt_every), callbacks=callbacks, num_sanity_val_steps=0, default_root_dir=a.out,
+        limit_val_batches=1.0 if a.val else 0,
+    )
+    trainer.fit(Model(), datamodule=dm, ckpt_path=a.resume)
+    if trainer.is_global_zero and a.val:
+        with open(os.path.join(a.out, "val.json"), "w") as f:
+            json.dump({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}, f)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Real multi-process runs (gloo on CPU) under a hard timeout: even steps, exact validation, resume."""
+
+import glob
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections import Counter
+
+import pytest
+
+SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddp_run.py")
+pytestmark = pytest.mark.slow
+
+
+def run(out, *args, timeout=240):
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, SCRIPT, "--out", str(out), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+def batches(out, rank):
+    with open(os.path.join(str(out), f"train-rank{rank}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def epoch_ids(records, epoch):
+    return [i for e, _, ids in records if e == epoch for i in ids]
+
+
+@pytest.mark.parametrize("data", ["odd.parquet", "three"])
+def test_uneven_data_even_steps_no_hang(tmp_path, uneven_dir, data):
+    path = os.path.join(uneven_dir, data)
+    train = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+    run(tmp_path, "--train", *train, "--workers", 2, "--max-epochs", 2, "--batch-size", 16)
+    r0, r1 = batches(tmp_path, 0), batches(tmp_path, 1)
+    assert len(r0) == len(r1) == 2 * 32  # 1001 rows: 31 full steps of 2x16, then 9 rows split 5/4
+    for epoch in (0, 1):
+        ids = epoch_ids(r0, epoch) + epoch_ids(r1, epoch)
+        assert len(ids) == len(set(ids))  # no row twice in an epoch
+        assert 1001 - len(ids) <= 1  # at most world_size - 1 rows missed
+
+
+def test_validation_is_exact_across_ranks(tmp_path, uneven_dir, data_dir):
+    val = os.path.join(uneven_dir, "odd.parquet")
+    run(tmp_path, "--train", os.path.join(data_dir, "disk"), "--val", val, "--batch-size", 16, "--max-epochs", 1)
+    with open(tmp_path / "val.json") as f:
+        assert json.load(f)["val/mean"] == pytest.approx(sum(range(1001)) / 1001)
+
+
+def test_ddp_resume_is_exact_rank_by_rank(tmp_path, data_dir):
+    data = os.path.join(data_dir, "disk")
+    common = ["--train", data, "--workers", 2, "--max-epochs", 2, "--batch-size", 16]
+    run(tmp_path / "a", *common)
+    run(tmp_path / "b", *common, "--max-steps", 20, "--ckpt-every", 20)
+    run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=20.ckpt")
+    for rank in (0, 1):
+        assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == batches(tmp_path / "a", rank)
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
+def test_elastic_resume_changes_world_size_and_workers(tmp_path, data_dir, before, after):
+    data = os.path.join(data_dir, "disk")
+    steps = 12 if before == 2 else 24  # 384 rows into epoch 0 either way
+    run(tmp_path / "b", "--train", data, "--devices", before, "--workers", 0, "--max-epochs", 1, "--batch-size", 16,
+        "--max-steps", steps, "--ckpt-every", steps)
+    run(tmp_path / "c", "--train", data, "--devices", after, "--workers", 2, "--max-epochs", 1, "--batch-size", 16,
+        "--resume", tmp_path / "b" / "ckpt" / f"step={steps}.ckpt")
+    seen = Counter()
+    for out, world in ((tmp_path / "b", before), (tmp_path / "c", after)):
+        for rank in range(world):
+            seen.update(epoch_ids(batches(out, rank), 0))
+    assert set(seen) == set(range(1000)) and max(seen.values()) == 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_nodes_over_loopback_train_and_resume(tmp_path, data_dir):
+    data = os.path.join(data_dir, "disk")
+
+    def torchrun(out, *extra):
+        port = free_port()
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
+                 "--master_addr", "127.0.0.1", "--master_port", str(port), SCRIPT, "--out", str(out), "--train", data,
+                 "--devices", "1", "--num-nodes", "2", "--workers", "1", "--max-epochs", "1", "--batch-size", "16", *map(str, extra)],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+            )
+            for node in (0, 1)
+        ]
+        try:
+            outs = [p.communicate(timeout=240)[0] for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+        assert all(p.returncode == 0 for p in procs), outs[0][-3000:] + outs[1][-3000:]
+
+    torchrun(tmp_path / "a")
+    torchrun(tmp_path / "b", "--max-steps", 10, "--ckpt-every", 10)
+    torchrun(tmp_path / "c", "--resume", tmp_path / "b" / "ckpt" / "step=10.ckpt")
+    for rank in (0, 1):
+        full = batches(tmp_path / "a", rank)
+        assert len(full) == 32
+        assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == full
