@@ -3,7 +3,8 @@
 The :class:`StreamingCallback` is installed by :class:`~lightning_stream.StreamingDataModule`
 when the user has not added one. It tells the train loader which batch reached
 ``training_step`` (so the checkpointed position ignores what Lightning has prefetched) and logs,
-once per epoch, how many rows the filters dropped and how many bad rows were skipped.
+once per epoch, how many rows the filters dropped, how many bad rows were skipped and how
+many rows were dropped to keep the ranks' step counts even.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class StreamingCallback(pl.Callback):
             reduce_fx="sum",
             sync_dist=trainer.world_size > 1,
         )
+        # The same on every rank: logged as is, not summed.
+        pl_module.log("data/rows_dropped", float(loader.epoch_dropped_rows), on_step=False, on_epoch=True)
         if stats.skipped:
             rank_zero_warn(
                 f"lightning_stream skipped {stats.skipped} bad rows in epoch {trainer.current_epoch}; first: {stats.culprits}"

@@ -134,8 +134,8 @@ class StreamingDataset(IterableDataset):
         while True:
             # Every reader sees the whole stream, so all ranks learn its end at the same step.
             if not windows.available(start + (step + 1) * step_rows - 1):
-                if not windows.available(start) and windows.num_rows is not None and windows.num_rows < start:
-                    raise ValueError(f"{store.where}: the stream has {windows.num_rows} rows, fewer than the resume position {start}")
+                if windows.num_rows <= start:
+                    return  # resumed at (or past) the end of this epoch's stream
                 layout = Layout(windows.num_rows, start, o.batch_size, self.world_size, o.drop_last)
                 if step >= layout.num_steps:
                     return

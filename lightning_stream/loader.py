@@ -154,6 +154,13 @@ class StreamingDataLoader(StatefulDataLoader):
         if not self.epoch_fn and not self._explicit_epoch:
             self._epoch += 1
 
+    @property
+    def epoch_dropped_rows(self) -> int:
+        """Rows of the current epoch that no rank sees (to keep step counts even)."""
+        start = self._progress["start"] if self._progress else 0
+        layout = self.dataset.layout(start)
+        return layout.dropped_rows if layout is not None else 0
+
     # -- state ------------------------------------------------------------------------------------
     def _layout(self, start: int) -> Layout:
         ds = self.dataset

@@ -61,3 +61,17 @@ def uneven_dir(tmp_path_factory) -> str:
     for i, (a, b) in enumerate([(0, 900), (900, 960), (960, 1001)]):
         write_parquet(os.path.join(root, "three", f"part-{i}.parquet"), a, b, row_group_size=50)
     return root
+
+
+@pytest.fixture(scope="session")
+def jsonl_dir(tmp_path_factory) -> str:
+    """1001 rows as two gzipped JSON-lines files: a source with no random access."""
+    import gzip
+    import json
+
+    root = str(tmp_path_factory.mktemp("jsonl"))
+    for i, (a, b) in enumerate([(0, 400), (400, 1001)]):
+        with gzip.open(os.path.join(root, f"part-{i}.jsonl.gz"), "wt") as f:
+            for j in range(a, b):
+                f.write(json.dumps({"id": j, "text": f"row {j}"}) + "\n")
+    return root

@@ -29,10 +29,14 @@ def epoch_ids(records, epoch):
     return [i for e, _, ids in records if e == epoch for i in ids]
 
 
-@pytest.mark.parametrize("data", ["odd.parquet", "three"])
-def test_uneven_data_even_steps_no_hang(tmp_path, uneven_dir, data):
+@pytest.mark.parametrize("data", ["odd.parquet", "three", "jsonl"])
+def test_uneven_data_even_steps_no_hang(tmp_path, uneven_dir, jsonl_dir, data):
+    """One file, 3 files of 900/60/41 rows, and a stream of unknown length (ranks agree on its end)."""
     path = os.path.join(uneven_dir, data)
-    train = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
+    if data == "jsonl":
+        train = [os.path.join(jsonl_dir, "*.jsonl.gz")]
+    else:
+        train = sorted(glob.glob(os.path.join(path, "*.parquet"))) if os.path.isdir(path) else [path]
     run(tmp_path, "--train", *train, "--workers", 2, "--max-epochs", 2, "--batch-size", 16)
     r0, r1 = batches(tmp_path, 0), batches(tmp_path, 1)
     assert len(r0) == len(r1) == 2 * 32  # 1001 rows: 31 full steps of 2x16, then 9 rows split 5/4
