@@ -9,7 +9,7 @@ from typing import Any, Literal, Optional, Union
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
@@ -59,6 +59,8 @@ class StreamingDataModule(pl.LightningDataModule):
         prepare: a callable run once per node in ``prepare_data()`` (e.g. to generate data).
         on_error: ``"raise"`` stops on a row that cannot be decoded or transformed, naming it;
             ``"skip"`` drops such rows and counts them (``data/rows_skipped``).
+        max_skipped: with ``on_error="skip"``, the most bad rows an epoch may skip before the
+            run stops: a count (``>= 1``) or a fraction of the epoch's rows (``< 1``).
         strict_resume: refuse a checkpoint written for other data, seed or shuffle settings.
         even: how every rank gets the same number of training steps when the last step has
             fewer rows than ranks: ``"drop"`` those rows (at most ``world_size - 1`` per epoch,
@@ -92,6 +94,7 @@ class StreamingDataModule(pl.LightningDataModule):
         prefetch_factor: Optional[int] = None,
         prepare: Optional[Callable[[], Any]] = None,
         on_error: Literal["raise", "skip"] = "raise",
+        max_skipped: Optional[float] = None,
         strict_resume: bool = True,
         even: Literal["drop", "pad"] = "drop",
     ) -> None:
@@ -126,6 +129,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.prefetch_factor = prefetch_factor
         self.prepare = prepare
         self.on_error = on_error
+        self.max_skipped = max_skipped
         self.strict_resume = strict_resume
         self.even = even
         self.train_loader: Optional[StreamingDataLoader] = None
@@ -174,19 +178,29 @@ class StreamingDataModule(pl.LightningDataModule):
             persistent_workers=self.persistent_workers,
             prefetch_factor=self.prefetch_factor,
             epoch_fn=self._trainer_epoch if train else (lambda: 0),
+            max_skipped=self.max_skipped,
         )
+        self._report_layout(dataset, source)
+        return loader
+
+    def _report_layout(self, dataset: StreamingDataset, source: Source) -> None:
         layout = dataset.layout()
         if layout is None:
             rank_zero_info(f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total")
-        elif layout.num_steps == 0:
+            return
+        if layout.num_steps == 0:
             raise ValueError(
-                f"{source.path!r} has {layout.num_rows} rows: too few for one batch of {options.batch_size} "
-                f"on each of {world_size} ranks"
+                f"{source.path!r} has {layout.num_rows} rows: too few for one batch of {dataset.options.batch_size} "
+                f"on each of {dataset.world_size} ranks"
             )
-        elif layout.dropped_rows or layout.padded_rows:
+        if self.num_workers > layout.num_steps:
+            rank_zero_warn(
+                f"num_workers={self.num_workers} but {source.path!r} makes only {layout.num_steps} batches per rank "
+                f"and epoch: {self.num_workers - layout.num_steps} workers will idle"
+            )
+        if layout.dropped_rows or layout.padded_rows:
             what = f"{layout.dropped_rows} rows are dropped" if layout.dropped_rows else f"{layout.padded_rows} rows are repeated"
             rank_zero_info(f"lightning_stream: {what} in each epoch of {source.path!r} so that every rank takes {layout.num_steps} steps")
-        return loader
 
     def train_dataloader(self) -> StreamingDataLoader:
         loader = self._loader(self.train_source, train=True)

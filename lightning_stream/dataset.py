@@ -22,6 +22,7 @@ from typing import Any, Literal, Optional, Union
 import numpy as np
 import pyarrow as pa
 import torch
+from datasets.features.features import decode_nested_example, require_decoding
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
@@ -153,7 +154,16 @@ class StreamingDataset(IterableDataset):
         return header, collate_rows(batch, self.options.collate_fn)
 
     def _transform(self, table: pa.Table) -> dict[str, list]:
-        batch = self.store.features.decode_batch(table.to_pydict())
+        features = self.store.features
+        batch = table.to_pydict()
+        for name, values in batch.items():
+            feature = features.get(name)
+            if feature is None or not require_decoding(feature):
+                continue
+            try:
+                batch[name] = [decode_nested_example(feature, v) if v is not None else None for v in values]
+            except Exception as err:
+                raise ValueError(f"column {name!r}: cannot decode ({type(err).__name__}: {err})") from err
         return self.options.pipeline(batch) if self.options.pipeline else batch
 
     def _process(self, table: pa.Table, describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:

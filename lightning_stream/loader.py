@@ -79,6 +79,7 @@ class StreamingDataLoader(StatefulDataLoader):
         timeout: float = 0,
         multiprocessing_context: Any = None,
         epoch_fn: Optional[Callable[[], int]] = None,
+        max_skipped: Optional[float] = None,
     ) -> None:
         super().__init__(
             dataset,
@@ -93,6 +94,7 @@ class StreamingDataLoader(StatefulDataLoader):
             snapshot_every_n_steps=0,  # the state lives in the main process: no worker snapshots
         )
         self.epoch_fn = epoch_fn
+        self.max_skipped = max_skipped
         self.acked_externally = False
         self._epoch = 0
         self._explicit_epoch = False
@@ -136,6 +138,8 @@ class StreamingDataLoader(StatefulDataLoader):
 
     def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
         self.stats.add(header)
+        if header.skipped and self.max_skipped is not None:
+            self._check_skipped()
         if yielded:
             self._awaiting.append(header.step)
             if not self.acked_externally:
@@ -143,6 +147,21 @@ class StreamingDataLoader(StatefulDataLoader):
         elif not self._awaiting and self._progress is not None:
             # An emptied batch (all rows filtered) right after acked ones is consumed too.
             self._progress["steps"] = header.step + 1
+
+    def _check_skipped(self) -> None:
+        cap = self.max_skipped
+        if cap < 1:  # a fraction of the epoch's rows (of the rows read so far, for a stream)
+            total = self.dataset.num_rows
+            if total is None:
+                total = self.stats.rows_read if self.stats.rows_read >= 1000 else None
+            limit = None if total is None else cap * total
+        else:
+            limit = cap
+        if limit is not None and self.stats.skipped > limit:
+            raise RuntimeError(
+                f"lightning_stream skipped {self.stats.skipped} bad rows in this epoch, more than max_skipped={cap}; "
+                f"first culprits: {self.stats.culprits}"
+            )
 
     def ack(self) -> None:
         """Mark the oldest yielded, unacknowledged batch as trained."""
