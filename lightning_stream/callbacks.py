@@ -10,7 +10,8 @@ many rows were dropped to keep the ranks' step counts even.
 from __future__ import annotations
 
 import logging
-from typing import Any
+import time
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
@@ -26,16 +27,56 @@ def _train_loader(trainer: pl.Trainer) -> Any:
 
 
 class StreamingCallback(pl.Callback):
-    """Acknowledges trained batches and logs per-epoch data counts (``data/*`` metrics).
+    """Acknowledges trained batches and logs what the data did (``data/*`` metrics).
+
+    Per step: ``data/wait_ms`` (time the step waited for its batch in the main process),
+    ``data/wait_share`` (that wait over the whole step) and ``data/samples_per_sec``. It warns
+    once when, after ``warmup_steps``, the loader makes the step wait more than ``warn_share`` of
+    its time: the GPU is starved (more workers, a cheaper transform, or bigger row groups).
+    Per epoch: rows filtered, bad rows skipped, rows dropped to keep ranks even.
 
     Example:
-        >>> trainer = pl.Trainer(callbacks=[StreamingCallback()])  # doctest: +SKIP
+        >>> trainer = pl.Trainer(callbacks=[StreamingCallback(warn_share=0.2)])  # doctest: +SKIP
     """
+
+    def __init__(self, warn_share: float = 0.3, warmup_steps: int = 20, log_throughput: bool = True) -> None:
+        self.warn_share, self.warmup_steps, self.log_throughput = warn_share, warmup_steps, log_throughput
+        self._last_start: Optional[float] = None
+        self._wait = self._total = 0.0
+        self._steps = 0
+        self._warned = False
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         loader = _train_loader(trainer)
-        if loader is not None:
-            loader.ack()
+        if loader is None:
+            return
+        loader.ack()
+        now = time.perf_counter()
+        if self._last_start is not None and self.log_throughput:
+            step = now - self._last_start
+            # The wait of this batch belongs to the step that ends now.
+            self._record(pl_module, loader.last_wait, step, loader.last_rows)
+        self._last_start = now
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._last_start = None  # the gap over validation and the epoch boundary is not a step
+
+    def _record(self, pl_module: pl.LightningModule, wait: float, step: float, rows: int) -> None:
+        share = wait / step if step > 0 else 0.0
+        pl_module.log_dict(
+            {"data/wait_ms": wait * 1000, "data/wait_share": share, "data/samples_per_sec": rows / step if step > 0 else 0.0},
+            on_step=True, on_epoch=False, batch_size=max(rows, 1),
+        )
+        self._steps += 1
+        if self._steps > self.warmup_steps:
+            self._wait += wait
+            self._total += step
+            if not self._warned and self._steps >= 2 * self.warmup_steps and self._wait > self.warn_share * self._total:
+                self._warned = True
+                rank_zero_warn(
+                    f"lightning_stream: training steps spend {self._wait / self._total:.0%} of their time waiting for data; "
+                    "the accelerator is starved (try more num_workers, a cheaper transform or bigger batches)"
+                )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         loader = _train_loader(trainer)

@@ -16,6 +16,7 @@ actually needed.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
@@ -103,6 +104,8 @@ class StreamingDataLoader(StatefulDataLoader):
         self._awaiting: deque[int] = deque()
         self._len_hint: Optional[int] = None
         self.stats = _EpochStats()
+        self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
+        self.last_rows = 0
 
     # -- epoch and length -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -242,16 +245,20 @@ class _LazyEpoch:
         return self
 
     def __next__(self) -> Any:
+        loader = self.loader
+        t0 = time.perf_counter()
         if self._it is None:
-            self._it = iter(self.loader._begin())
+            self._it = iter(loader._begin())
         while True:
             try:
                 header, batch = next(self._it)
             except StopIteration:
-                self.loader._finished()
+                loader._finished()
                 raise
-            self.loader._on_batch(header, batch is not None)
+            loader._on_batch(header, batch is not None)
             if batch is not None:
+                loader.last_wait = time.perf_counter() - t0
+                loader.last_rows = header.rows_out
                 return batch
 
     def __len__(self) -> int:
