@@ -10,6 +10,7 @@ from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
+from .mixing import Mix
 from .sources import Source
 from .state import StateMismatchError
 from .transforms import Filter, Map
@@ -17,6 +18,7 @@ from .transforms import Filter, Map
 __all__ = [
     "Filter",
     "Map",
+    "Mix",
     "RowError",
     "Source",
     "StateMismatchError",

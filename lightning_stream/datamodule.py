@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
+from .mixing import Mix
 from .sources import Source, as_source
 from .transforms import Filter, Map, as_pipeline
 
@@ -39,7 +40,8 @@ class StreamingDataModule(pl.LightningDataModule):
     ``trainer.estimated_stepping_batches`` work.
 
     Args:
-        train: the training :class:`Source` (or a path / file / hub id string).
+        train: the training :class:`Source` (or a path / file / hub id string), or a :class:`Mix`
+            of sources with probabilities.
         val: optional validation source, read in order, from its start at each validation run.
         transform: a callable ``dict[str, list] -> dict[str, list]`` (batched ``map``), a
             :class:`Map` / :class:`Filter`, or a list of them, applied in the workers.
@@ -77,8 +79,8 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: Union[Source, str],
-        val: Union[Source, str, None] = None,
+        train: Union[Source, Mix, str],
+        val: Union[Source, Mix, str, None] = None,
         transform: Union[Step, list[Step], None] = None,
         filter: Optional[Step] = None,
         collate_fn: Optional[Callable[[list[dict]], Any]] = None,

@@ -26,7 +26,6 @@ from datasets.features.features import decode_nested_example, require_decoding
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
-from .order import EpochOrder
 from .sharding import EvalLayout, Layout
 from .sources import Source, open_store
 from .streams import StreamWindows
@@ -123,7 +122,7 @@ class StreamingDataset(IterableDataset):
         store = self.store
         if store.random_access:
             layout = self.layout(start)
-            order = EpochOrder(store.block_lengths, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
+            order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
             for step in range(worker, layout.num_steps, num_workers):
                 a, b = layout.batch_range(step, self.rank)
                 rows = order.rows(np.arange(a, b) % store.num_rows)  # wraps only for pad=True

@@ -21,6 +21,7 @@ import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, Optional, Union
 
 import numpy as np
@@ -29,9 +30,11 @@ import pyarrow.parquet as pq
 
 import datasets
 
+from .order import EpochOrder
+
 log = logging.getLogger(__name__)
 
-__all__ = ["Source", "ArrowStore", "ParquetStore", "as_source", "open_store"]
+__all__ = ["Source", "ArrowStore", "ParquetStore", "as_source", "gather", "open_store"]
 
 _EXT_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tar": "webdataset"}
 # Rows per block when a random-access source has no natural blocks (arrow): the unit whose order
@@ -73,9 +76,14 @@ class Source:
     load_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def as_source(spec: Union[Source, str, dict]) -> Source:
-    """Accept a :class:`Source`, a plain string (path, file or hub id) or a dict of its fields."""
-    if isinstance(spec, Source):
+def as_source(spec: Union[Source, str, dict, Any]) -> Any:
+    """Accept a :class:`Source`, a plain string (path, file or hub id) or a dict of its fields.
+
+    A :class:`~lightning_stream.Mix` is returned as it is.
+    """
+    from .mixing import Mix
+
+    if isinstance(spec, (Source, Mix)):
         return spec
     if isinstance(spec, dict):
         return Source(**spec)
@@ -117,10 +125,31 @@ def _select(features: datasets.Features, columns: Optional[list[str]], where: st
     return datasets.Features({c: features[c] for c in columns})
 
 
-class ArrowStore:
-    """Random access into memory-mapped arrow data (``save_to_disk`` folder or ``.arrow`` files)."""
+def gather(keys: np.ndarray, fetch: Callable[[int, np.ndarray], pa.Table]) -> pa.Table:
+    """Rows fetched per key (``fetch(key, indices)``), put back in the order of ``keys``."""
+    pieces, order = [], []
+    for key in np.unique(keys):
+        sel = np.nonzero(keys == key)[0]
+        pieces.append(fetch(int(key), sel))
+        order.append(sel)
+    table = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
+    inverse = np.empty(len(keys), dtype=np.int64)
+    inverse[np.concatenate(order)] = np.arange(len(keys))
+    return table.take(pa.array(inverse))
+
+
+class _RandomAccess:
+    """Stores that know their block sizes up front and fetch rows by index."""
 
     random_access = True
+    block_lengths: list[int]
+
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int) -> EpochOrder:
+        return EpochOrder(self.block_lengths, seed=seed, epoch=epoch, shuffle=shuffle, window=window)
+
+
+class ArrowStore(_RandomAccess):
+    """Random access into memory-mapped arrow data (``save_to_disk`` folder or ``.arrow`` files)."""
 
     def __init__(self, source: Source) -> None:
         if os.path.isdir(source.path):
@@ -161,15 +190,13 @@ class ArrowStore:
         return f"{self.where} row {row}"
 
 
-class ParquetStore:
+class ParquetStore(_RandomAccess):
     """Random access into local parquet files, one row group at a time.
 
     Row counts come from the footers. A batch reads the row groups that hold its rows; decoded
     row groups are kept in a small LRU cache sized to the shuffle window, so a window's rows are
     decoded about once per worker.
     """
-
-    random_access = True
 
     def __init__(self, source: Source, *, cache_rows: int = 20_000) -> None:
         self.files = _resolve_files(source)
@@ -235,15 +262,7 @@ class ParquetStore:
     def take(self, rows: np.ndarray) -> pa.Table:
         blocks = np.searchsorted(self._block_end, rows, side="right")
         local = rows - (self._block_end[blocks] - np.asarray(self.block_lengths, dtype=np.int64)[blocks])
-        pieces, order = [], []
-        for b in np.unique(blocks):
-            sel = np.nonzero(blocks == b)[0]
-            pieces.append(self._block(int(b)).take(pa.array(local[sel])))
-            order.append(sel)
-        table = pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
-        inverse = np.empty(len(rows), dtype=np.int64)
-        inverse[np.concatenate(order)] = np.arange(len(rows))
-        return table.take(pa.array(inverse))
+        return gather(blocks, lambda b, sel: self._block(b).take(pa.array(local[sel])))
 
     def describe(self, row: int) -> str:
         b = int(np.searchsorted(self._block_end, row, side="right"))
@@ -260,8 +279,12 @@ def _builder(source: Source) -> Optional[str]:
     return source.path if source.path in {"parquet", "arrow"} else None
 
 
-def open_store(source: Source, *, cache_rows: int = 20_000):
+def open_store(source: Any, *, cache_rows: int = 20_000):
     """Open the store that reads ``source``: random access where the format allows it."""
+    from .mixing import Mix, MixtureStore
+
+    if isinstance(source, Mix):
+        return MixtureStore(source, cache_rows=cache_rows)
     kind = _builder(source)
     if not source.streaming:
         if kind in ("save_to_disk", "arrow"):
