@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 __all__ = ["Source", "ArrowStore", "ParquetStore", "as_source", "gather", "open_store"]
 
 _EXT_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tar": "webdataset"}
+_STREAM_BUILDERS = {"json", "csv", "text", "webdataset", "imagefolder", "audiofolder", "videofolder"}
 # Rows per block when a random-access source has no natural blocks (arrow): the unit whose order
 # is shuffled each epoch before rows are shuffled inside a window.
 _ARROW_BLOCK_ROWS = 128
@@ -198,9 +199,10 @@ class ParquetStore(_RandomAccess):
     decoded about once per worker.
     """
 
-    def __init__(self, source: Source, *, cache_rows: int = 20_000) -> None:
-        self.files = _resolve_files(source)
+    def __init__(self, source: Source, *, cache_rows: int = 20_000, files: Optional[list[str]] = None) -> None:
+        self.files = files if files is not None else _resolve_files(source)
         self.columns = source.columns
+        self._storage_options = {k: v for k, v in source.load_kwargs.items() if k == "token"}
         self._handles: dict[int, pq.ParquetFile] = {}
         self.block_lengths: list[int] = []
         self._block_file: list[int] = []
@@ -232,7 +234,13 @@ class ParquetStore(_RandomAccess):
         handle = self._handles.get(i)
         if handle is None:
             try:
-                handle = pq.ParquetFile(self.files[i])
+                path = self.files[i]
+                if "://" in path:  # hf://, s3://...: fsspec reads the footer and row groups by range
+                    import fsspec
+
+                    handle = pq.ParquetFile(fsspec.open(path, "rb", **self._storage_options).open())
+                else:
+                    handle = pq.ParquetFile(path)
             except (pa.ArrowException, OSError) as err:
                 raise ValueError(f"cannot read parquet file {self.files[i]}: {err}") from err
             self._handles[i] = handle
@@ -279,6 +287,20 @@ def _builder(source: Source) -> Optional[str]:
     return source.path if source.path in {"parquet", "arrow"} else None
 
 
+def _parquet_repo_files(source: Source) -> Optional[list[str]]:
+    """The parquet files of a hub id or local repo, when ``datasets`` resolves it to parquet."""
+    kwargs = {k: v for k, v in source.load_kwargs.items() if k in ("revision", "token")}
+    try:
+        builder = datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=source.data_files, **kwargs)
+    except Exception as err:  # noqa: BLE001 - anything else is read as a stream, which reports its own errors
+        log.debug("no parquet layout for %s: %s", source.path, err)
+        return None
+    files = (builder.config.data_files or {}).get(source.split)
+    if builder.name != "parquet" or not files:
+        return None
+    return [str(f) for f in files]
+
+
 def open_store(source: Any, *, cache_rows: int = 20_000):
     """Open the store that reads ``source``: random access where the format allows it."""
     from .mixing import Mix, MixtureStore
@@ -291,6 +313,10 @@ def open_store(source: Any, *, cache_rows: int = 20_000):
             return ArrowStore(source)
         if kind == "parquet":
             return ParquetStore(source, cache_rows=cache_rows)
+        if kind is None and source.path not in _STREAM_BUILDERS:
+            files = _parquet_repo_files(source)
+            if files is not None:  # a hub or local parquet repo: random access by row group
+                return ParquetStore(source, cache_rows=cache_rows, files=files)
     from .streams import StreamStore
 
     return StreamStore(source)

@@ -56,13 +56,23 @@ class StreamStore:
         self.num_rows: Optional[int] = info.num_examples if info is not None and info.num_examples else None
         self.block_lengths = None
         self.fingerprint = _fingerprint([source.path, source.name, str(source.data_files), source.split, self.num_shards])
+        # datasets' arrow batching breaks on webdataset shards whose samples list columns in
+        # different orders; those are read as python rows (undecoded) and put back into arrow.
+        builder = getattr(ids.info, "builder_name", None) if ids.info else None
+        self._arrow = source.path != "webdataset" and builder != "webdataset"
 
     def read_shard(self, index: int) -> Iterator[pa.Table]:
         shard = self._ids.shard(num_shards=self.num_shards, index=index, contiguous=True)
+        if not self._arrow:
+            schema = self.features.arrow_schema if self.features is not None else None
+            for batch in shard.decode(False).iter(batch_size=_READ_ROWS):
+                yield pa.Table.from_pydict(batch, schema=schema)
+            return
         for table in shard.with_format("arrow").iter(batch_size=_READ_ROWS):
             if self.features is None:
                 self.features = datasets.Features.from_arrow_schema(table.schema)
-            yield table
+            # Shards may list their columns in another order (webdataset): align them.
+            yield table.select([c for c in self.features if c in table.column_names])
 
     def describe(self, row: int) -> str:
         return f"{self.where} (epoch row {row})"
@@ -94,7 +104,7 @@ class StreamWindows:
         if not self._pending_rows:
             self.num_rows = self._next_window * self.window
             return False
-        rows = pa.concat_tables(self._pending).combine_chunks() if len(self._pending) > 1 else self._pending[0]
+        rows = pa.concat_tables(self._pending, promote_options="permissive").combine_chunks() if len(self._pending) > 1 else self._pending[0]
         head, tail = rows.slice(0, self.window), rows.slice(self.window)
         self._pending, self._pending_rows = ([tail], tail.num_rows) if tail.num_rows else ([], 0)
         w = self._next_window

@@ -1,0 +1,87 @@
+"""Sources without random access (csv, webdataset tars, a parquet repo read by load_dataset(streaming=True)),
+and hub-style parquet repos read by row group."""
+
+import io
+import json
+import os
+import tarfile
+import time
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from lightning_stream import Source, StreamingDataModule
+from lightning_stream.testing import assert_resume_equivalent
+
+N = 1001
+
+
+@pytest.fixture(scope="module")
+def stream_dirs(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("streams"))
+    os.makedirs(os.path.join(root, "csv"))
+    for i, (a, b) in enumerate([(0, 300), (300, N)]):
+        with open(os.path.join(root, "csv", f"part-{i}.csv"), "w") as f:
+            f.write("id,text\n" + "".join(f"{j},row {j}\n" for j in range(a, b)))
+    os.makedirs(os.path.join(root, "wds"))
+    for i, (a, b) in enumerate([(0, 500), (500, N)]):
+        with tarfile.open(os.path.join(root, "wds", f"shard-{i:05d}.tar"), "w") as tar:
+            for j in range(a, b):
+                data = json.dumps({"id": j}).encode()
+                info = tarfile.TarInfo(f"{j:06d}.json")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    repo = os.path.join(root, "repo")
+    os.makedirs(os.path.join(repo, "data"))
+    for i, (a, b) in enumerate([(0, 200), (200, 700), (700, N)]):
+        pq.write_table(pa.table({"id": list(range(a, b)), "text": [f"row {j}" for j in range(a, b)]}),
+                       os.path.join(repo, "data", f"train-{i:05d}-of-00003.parquet"), row_group_size=64)
+    return root
+
+
+def sources(root):
+    return {
+        "csv": Source(path="csv", data_files=os.path.join(root, "csv", "*.csv")),
+        "webdataset": Source(path="webdataset", data_files=os.path.join(root, "wds", "*.tar")),
+        "repo-streaming": Source(path=os.path.join(root, "repo"), streaming=True),
+        "repo": Source(path=os.path.join(root, "repo")),
+    }
+
+
+def wds_ids(batch):
+    return {"id": [j["id"] for j in batch["json"]]}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("kind", ["csv", "webdataset", "repo-streaming", "repo"])
+def test_resume_is_exact_without_random_access(tmp_path, stream_dirs, kind, num_workers):
+    src = sources(stream_dirs)[kind]
+
+    def make():
+        transform = wds_ids if kind == "webdataset" else None
+        return StreamingDataModule(train=src, transform=transform, batch_size=16, num_workers=num_workers, buffer_size=100, seed=6)
+
+    report = assert_resume_equivalent(make, stop_at_step=20, tmp_path=str(tmp_path), max_epochs=2)  # 320 rows: past the first window
+    for epoch in (0, 1):
+        assert sorted(i for e, b in report.uninterrupted if e == epoch for i in b) == list(range(N))
+
+
+def test_parquet_repo_is_read_by_row_group_with_a_length(stream_dirs):
+    loader = StreamingDataModule(train=sources(stream_dirs)["repo"], batch_size=10).train_dataloader()
+    assert type(loader.dataset.store).__name__ == "ParquetStore"
+    assert len(loader) == 101
+
+
+def test_shuffled_parquet_stream_does_not_stall(stream_dirs):
+    """datasets sleeps 5 s when a shuffled parquet stream ends or is dropped; lightning_stream must not."""
+    dm = StreamingDataModule(train=sources(stream_dirs)["repo-streaming"], batch_size=50, buffer_size=100)
+    loader = dm.train_dataloader()
+    t = time.perf_counter()
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        assert sum(len(b["id"]) for b in loader) == N
+    it = iter(loader)
+    next(it)
+    del it  # an iterator dropped mid-epoch
+    assert time.perf_counter() - t < 3.0
