@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 import lightning.pytorch as pl
 import torch
@@ -30,12 +31,14 @@ class Recorder(pl.Callback):
 
 
 class Model(IdModel):
-    def __init__(self):
+    def __init__(self, step_sleep=0.0):
         super().__init__()
+        self.step_sleep = step_sleep
         self.val_mean = MeanMetric()
         self.val_rows = MeanMetric()
 
     def training_step(self, batch, batch_idx):
+        time.sleep(self.step_sleep)
         loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss, sync_dist=True)  # a collective every step: uneven ranks would hang
         return loss
@@ -61,6 +64,7 @@ def main():
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--ckpt-every", type=int, default=0)
     p.add_argument("--resume", default=None)
+    p.add_argument("--step-sleep", type=float, default=0.0)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train = a.train[0] if len(a.train) == 1 and not a.train[0].endswith(".parquet") else Source(path="parquet", data_files=a.train)
@@ -76,7 +80,7 @@ def main():
         enable_checkpointing=bool(a.ckpt_every), callbacks=callbacks, num_sanity_val_steps=0, default_root_dir=a.out,
         limit_val_batches=1.0 if a.val else 0,
     )
-    trainer.fit(Model(), datamodule=dm, ckpt_path=a.resume)
+    trainer.fit(Model(a.step_sleep), datamodule=dm, ckpt_path=a.resume)
     if trainer.is_global_zero and a.val:
         with open(os.path.join(a.out, "val.json"), "w") as f:
             json.dump({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}, f)
