@@ -123,3 +123,19 @@ def test_invalid_arguments():
     for kw in ({"batch_size": 0}, {"num_workers": -1}, {"buffer_size": 0}, {"on_error": "ignore"}, {"even": "cut"}):
         with pytest.raises(ValueError):
             StreamingDataModule(train="x.parquet", **kw)
+
+
+def _die_at_500(batch):
+    import signal
+
+    if 500 in batch["id"]:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer would
+    return batch
+
+
+def test_killed_worker_is_an_error_not_a_hang(data_dir):
+    loader = StreamingDataModule(train=os.path.join(data_dir, "disk"), transform=_die_at_500, batch_size=10, num_workers=2,
+                                 shuffle=False).train_dataloader()
+    with pytest.raises(RuntimeError, match="DataLoader worker .* killed"):
+        for _ in loader:
+            pass
