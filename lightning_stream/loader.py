@@ -255,6 +255,14 @@ class _LazyEpoch:
             except StopIteration:
                 loader._finished()
                 raise
+            except (RuntimeError, ConnectionError, EOFError) as err:
+                # A dead worker surfaces as one of these, depending on when it died.
+                if isinstance(err, RuntimeError) and "DataLoader worker" not in str(err):
+                    raise
+                raise RuntimeError(
+                    f"a DataLoader worker reading {loader.dataset.store.where} died ({err}); a worker killed by a signal "
+                    "is most often the out-of-memory killer: lower num_workers, batch_size or buffer_size"
+                ) from err
             loader._on_batch(header, batch is not None)
             if batch is not None:
                 loader.last_wait = time.perf_counter() - t0
