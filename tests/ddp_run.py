@@ -25,6 +25,10 @@ class Recorder(pl.Callback):
     def __init__(self, out):
         self.out = out
 
+    def on_train_start(self, trainer, pl_module):
+        with open(os.path.join(self.out, f"meta-rank{trainer.global_rank}.json"), "w") as f:
+            json.dump({"num_training_batches": trainer.num_training_batches, "estimated_stepping_batches": trainer.estimated_stepping_batches}, f)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with open(os.path.join(self.out, f"train-rank{trainer.global_rank}.jsonl"), "a") as f:
             f.write(json.dumps([trainer.current_epoch, trainer.global_step, batch["id"].tolist()]) + "\n")

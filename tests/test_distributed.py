@@ -40,6 +40,10 @@ def test_uneven_data_even_steps_no_hang(tmp_path, uneven_dir, jsonl_dir, data):
     run(tmp_path, "--train", *train, "--workers", 2, "--max-epochs", 2, "--batch-size", 16)
     r0, r1 = batches(tmp_path, 0), batches(tmp_path, 1)
     assert len(r0) == len(r1) == 2 * 32  # 1001 rows: 31 full steps of 2x16, then 9 rows split 5/4
+    if data != "jsonl":  # a stream has no length; the others know it on every rank
+        for rank in (0, 1):
+            with open(tmp_path / f"meta-rank{rank}.json") as f:
+                assert json.load(f) == {"num_training_batches": 32, "estimated_stepping_batches": 64}
     for epoch in (0, 1):
         ids = epoch_ids(r0, epoch) + epoch_ids(r1, epoch)
         assert len(ids) == len(set(ids))  # no row twice in an epoch
