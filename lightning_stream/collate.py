@@ -32,8 +32,12 @@ def _dtype(x: Any) -> Any:
     return np.float32
 
 
-def _collate_column(name: str, values: list) -> Any:
-    if not values:
+def _collate_column(name: str, values: Any) -> Any:
+    if isinstance(values, np.ndarray) and values.dtype != object:  # a whole column (batch_format="numpy")
+        return torch.from_numpy(np.array(values))  # a copy: arrays viewing arrow memory are read-only
+    if isinstance(values, torch.Tensor):
+        return values
+    if not len(values):
         return values
     first = values[0]
     if isinstance(first, torch.Tensor):

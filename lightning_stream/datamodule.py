@@ -68,6 +68,10 @@ class StreamingDataModule(pl.LightningDataModule):
             fewer rows than ranks: ``"drop"`` those rows (at most ``world_size - 1`` per epoch,
             logged) or ``"pad"`` the ranks without one with a copy of an early row. Validation
             never drops nor pads: each rank reads a contiguous run, in equal step counts.
+        batch_format: what the transform receives: ``"python"`` lists (``Dataset.map``'s
+            default) or ``"numpy"`` arrays (as after ``with_format("numpy")``: numeric columns and
+            equal-length numeric lists become arrays without a Python object per value, which is
+            several times faster for token ids). Decoded media columns stay lists either way.
 
     Example:
         >>> dm = StreamingDataModule(
@@ -99,6 +103,7 @@ class StreamingDataModule(pl.LightningDataModule):
         max_skipped: Optional[float] = None,
         strict_resume: bool = True,
         even: Literal["drop", "pad"] = "drop",
+        batch_format: Literal["python", "numpy"] = "python",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -109,6 +114,8 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if batch_format not in ("python", "numpy"):
+            raise ValueError(f"batch_format must be 'python' or 'numpy', got {batch_format!r}")
         if even not in ("drop", "pad"):
             raise ValueError(f"even must be 'drop' or 'pad', got {even!r}")
         if on_error not in ("raise", "skip"):
@@ -134,6 +141,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.max_skipped = max_skipped
         self.strict_resume = strict_resume
         self.even = even
+        self.batch_format = batch_format
         self.train_loader: Optional[StreamingDataLoader] = None
         self._pending_state: Optional[dict] = None
 
@@ -171,6 +179,7 @@ class StreamingDataModule(pl.LightningDataModule):
             cache_rows=2 * self.buffer_size,
             pad=self.even == "pad",
             evaluation=not train,
+            batch_format=self.batch_format,
         )
         dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
         loader = StreamingDataLoader(

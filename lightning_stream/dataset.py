@@ -63,6 +63,7 @@ class _Options:
     cache_rows: int
     pad: bool = False
     evaluation: bool = False
+    batch_format: Literal["python", "numpy"] = "python"
 
 
 class StreamingDataset(IterableDataset):
@@ -152,15 +153,16 @@ class StreamingDataset(IterableDataset):
             return header, None
         return header, collate_rows(batch, self.options.collate_fn)
 
-    def _transform(self, table: pa.Table) -> dict[str, list]:
+    def _transform(self, table: pa.Table) -> dict[str, Any]:
         features = self.store.features
-        batch = table.to_pydict()
-        for name, values in batch.items():
+        batch: dict[str, Any] = {}
+        for name, column in zip(table.column_names, table.columns):
             feature = features.get(name)
             if feature is None or not require_decoding(feature):
+                batch[name] = _numpy_column(column) if self.options.batch_format == "numpy" else column.to_pylist()
                 continue
             try:
-                batch[name] = [decode_nested_example(feature, v) if v is not None else None for v in values]
+                batch[name] = [decode_nested_example(feature, v) if v is not None else None for v in column.to_pylist()]
             except Exception as err:
                 raise ValueError(f"column {name!r}: cannot decode ({type(err).__name__}: {err})") from err
         return self.options.pipeline(batch) if self.options.pipeline else batch
@@ -183,6 +185,23 @@ class StreamingDataset(IterableDataset):
                 skipped.append(culprit)
         keys = list(outputs[0]) if outputs else []
         return {k: [v for out in outputs for v in out[k]] for k in keys}, skipped
+
+
+def _numpy_column(column: pa.ChunkedArray) -> Any:
+    """A column as numpy without a Python object per value where arrow allows it."""
+    array = column.combine_chunks()
+    kind = array.type
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        values = array.flatten()
+        if array.null_count == 0 and (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)) and len(array):
+            offsets = np.diff(array.offsets.to_numpy()) if not pa.types.is_fixed_size_list(kind) else None
+            width = kind.list_size if offsets is None else int(offsets[0])
+            if offsets is None or (offsets == width).all():
+                return values.to_numpy().reshape(len(array), width)
+        return [np.asarray(v) if v is not None else None for v in array.to_pylist()]
+    if array.null_count == 0 and (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+        return array.to_numpy(zero_copy_only=False)
+    return array.to_pylist()
 
 
 def _num_rows(batch: dict[str, list]) -> int:

@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
+import numpy as np
+
 __all__ = ["Map", "Filter", "Pipeline", "as_pipeline", "resolve_callable"]
 
 Batch = dict[str, list]
@@ -124,7 +126,8 @@ class Filter:
             keep = [bool(_call(fn, row, self.fn_kwargs, name)) for row in _rows(batch)]
         if len(keep) != _num_rows(batch):
             raise ValueError(f"filter {name} returned {len(keep)} flags for {_num_rows(batch)} rows")
-        return {k: [v for v, ok in zip(vals, keep) if ok] for k, vals in batch.items()}
+        mask = np.asarray(keep, dtype=bool)
+        return {k: vals[mask] if isinstance(vals, np.ndarray) else [v for v, ok in zip(vals, mask) if ok] for k, vals in batch.items()}
 
 
 Step = Union[Map, Filter, Callable]

@@ -147,3 +147,23 @@ def test_nothing_is_materialised(data_dir):
     for _ in loader:
         peak = max(peak, sum(t.num_rows for t in store._cache.values()))
     assert 0 < peak <= 2 * 100 + 64
+
+
+def test_numpy_batch_format_gives_arrays_to_the_transform(tmp_path):
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = str(tmp_path / "tokens.parquet")
+    pq.write_table(pa.table({"id": list(range(100)), "input_ids": [[i, i + 1, i + 2] for i in range(100)], "text": ["t"] * 100}), path)
+    seen = {}
+
+    def shift(batch):
+        seen.update({k: type(v) for k, v in batch.items()})
+        return {"labels": batch["input_ids"] + 1}
+
+    dm = StreamingDataModule(train=path, transform=shift, filter=lambda b: b["id"] % 2 == 0, batch_size=10, shuffle=False, batch_format="numpy")
+    batch = next(iter(dm.train_dataloader()))
+    assert seen == {"id": np.ndarray, "input_ids": np.ndarray, "text": list}
+    assert batch["id"].tolist() == [0, 2, 4, 6, 8]
+    assert batch["labels"].tolist() == [[i + 1, i + 2, i + 3] for i in (0, 2, 4, 6, 8)]
