@@ -81,7 +81,7 @@ def test_freeze_vision_tower_and_gradient_checkpointing(model_dir: str) -> None:
     module.configure_model()
     vision = [p for n, p in module.model.named_parameters() if "vision_tower" in n]
     assert vision and not any(p.requires_grad for p in vision)
-    assert module.model.is_gradient_checkpointing
+    assert module.model.is_activation_checkpointing
     module.train()
     loss = module.training_step(next(iter(loader(model_dir, 2))), 0)
     loss.backward()

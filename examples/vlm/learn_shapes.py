@@ -55,6 +55,7 @@ class History(pl.Callback):
                 "step": trainer.global_step,
                 "val_loss": round(float(m["val/loss"]), 4),
                 "val_answer_acc": round(float(m["val/answer_acc"]), 4),
+                "train_loss": round(float(m.get("train/loss", float("nan"))), 4),
             }
         )
         print("validation", self.rows[-1], flush=True)
@@ -74,19 +75,25 @@ def main() -> None:
     p.add_argument("--data", default="/tmp/shapes")
     p.add_argument("--rows", type=int, default=1000)
     p.add_argument("--val-rows", type=int, default=200)
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--precision", default="32-true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-kwargs", default="{}", help="JSON for build_tiny_vlm")
+    p.add_argument("--model-dir", default=None, help="default DATA/model")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup", type=float, default=0.05)
+    p.add_argument("--clip", type=float, default=1.0, help="gradient clipping norm")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
     pl.seed_everything(args.seed, verbose=False)
 
-    ShapesData(args.data, num_rows=args.rows, val_rows=args.val_rows)()
-    model_dir = f"{args.data}/model"
+    model_dir = args.model_dir or f"{args.data}/model"
+    ShapesData(args.data, num_rows=args.rows, val_rows=args.val_rows, model_dir=model_dir,
+               model_kwargs=json.loads(args.model_kwargs))()
     transform = VLMTransform(model_dir, max_length=128)
     collate = VLMCollator(model_dir)
     load = lambda split: datasets.load_dataset(  # noqa: E731
@@ -96,13 +103,14 @@ def main() -> None:
     train = DataLoader(Rows(train_ds, transform), args.batch_size, shuffle=True, collate_fn=collate)
     val = DataLoader(Rows(val_ds, transform), 50, collate_fn=collate)
 
-    model = VisionLanguageModel(model_dir, learning_rate=args.lr, warmup_ratio=0.05,
-                                weight_decay=0.01)
+    model = VisionLanguageModel(model_dir, learning_rate=args.lr, warmup_ratio=args.warmup,
+                                weight_decay=args.weight_decay)
     history = History()
     trainer = pl.Trainer(
         accelerator="cpu", max_epochs=args.epochs, precision=args.precision,
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         num_sanity_val_steps=0, callbacks=[history], enable_model_summary=False,
+        gradient_clip_val=args.clip,
     )
     start = time.perf_counter()
     trainer.validate(model, val, verbose=False)
@@ -119,8 +127,9 @@ def main() -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(json.dumps({
         "params": n_params, "train_rows": args.rows, "val_rows": args.val_rows,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,
+        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip": args.clip,
         "precision": args.precision, "threads": args.threads,
+        "model_kwargs": json.loads(args.model_kwargs),
         "first": history.rows[0], "last": history.rows[-1],
         "loss_ratio": round(history.rows[-1]["val_loss"] / history.rows[0]["val_loss"], 4),
         "exact_match": round(total, 4), "exact_match_by_kind": exact,

@@ -33,8 +33,8 @@ _EXPORTS = {
     "VLMTransform": "transform",
     "VLMCollator": "collate",
     "ShapesData": "data",
-    "make_shapes": "data",
-    "build_tiny_vlm": "data",
+    "make_shapes": "shapes",
+    "build_tiny_vlm": "tiny",
     "load_image": "images",
 }
 

@@ -70,6 +70,8 @@ class VisionLanguageModel(pl.LightningModule):
             ``model_name_or_path``.
         system_prompt: system turn used by :meth:`generate_answer`; use the same as the
             training transform's.
+        processor_kwargs: extra ``AutoProcessor.from_pretrained`` arguments for
+            :meth:`generate_answer`; use the same as the training transform's.
         attn_implementation: passed to ``transformers`` (``"sdpa"``, ``"eager"``, ...).
 
     Logged: ``train/loss`` every step; ``val/loss`` (mean over answer tokens),
@@ -95,6 +97,7 @@ class VisionLanguageModel(pl.LightningModule):
         gradient_checkpointing: bool = False,
         processor: str | None = None,
         system_prompt: str | None = None,
+        processor_kwargs: dict[str, Any] | None = None,
         attn_implementation: str | None = None,
     ) -> None:
         super().__init__()
@@ -102,7 +105,7 @@ class VisionLanguageModel(pl.LightningModule):
             raise ValueError(f"warmup_ratio must be in [0, 1), got {warmup_ratio}")
         self.save_hyperparameters()
         self.model: Any = None
-        self._lazy = LazyProcessor(processor or model_name_or_path)
+        self._lazy = LazyProcessor(processor or model_name_or_path, processor_kwargs)
         self._forward_keys: set[str] | None = None
         self.val_loss = MeanMetric()
         self.val_answer_acc = MeanMetric()
@@ -130,7 +133,7 @@ class VisionLanguageModel(pl.LightningModule):
         if hp.freeze_vision_tower:
             _vision_tower(model).requires_grad_(False)
         if hp.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(model)
         self.model = model
 
     def _random_init(self) -> bool:
@@ -148,8 +151,12 @@ class VisionLanguageModel(pl.LightningModule):
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The batch entries the model's forward accepts (labels excluded: we do the loss)."""
         if self._forward_keys is None:
-            params = inspect.signature(self.model.forward).parameters
-            self._forward_keys = {n for n, p in params.items() if p.kind is not p.VAR_KEYWORD}
+            # FSDP's wrapper hides the signature behind (*args, **kwargs); read the model's.
+            model = getattr(self.model, "_fsdp_wrapped_module", self.model)
+            params = inspect.signature(model.forward).parameters.values()
+            self._forward_keys = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not self._forward_keys:  # nothing to go by: trust the collator
+            return {k: v for k, v in batch.items() if k != "labels"}
         return {k: v for k, v in batch.items() if k in self._forward_keys and k != "labels"}
 
     def forward(self, **inputs: torch.Tensor) -> Any:
@@ -179,7 +186,8 @@ class VisionLanguageModel(pl.LightningModule):
         # The sum over zero tokens keeps the graph (and DDP's gradient sync) intact for a
         # batch whose answers were all truncated away.
         loss = F.cross_entropy(logits, targets, reduction="sum") / max(1, targets.numel())
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        if self._trainer is not None:  # also callable by hand, e.g. in a notebook
+            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
@@ -285,6 +293,15 @@ def _warmup_cosine(warmup: int, total: int, floor: float) -> Any:
         return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def _enable_checkpointing(model: Any) -> None:
+    # Non-reentrant: works with frozen inputs (a frozen vision tower) and under FSDP.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def _vision_tower(model: Any) -> torch.nn.Module:

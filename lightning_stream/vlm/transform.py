@@ -8,8 +8,9 @@ relying on ``{% generation %}`` markers few templates have.
 Truncation to ``max_length`` never cuts image tokens:
 
 1. the answer is cut from the right (its end-of-turn token is then lost);
-2. if even the prompt leaves no room, the question is shortened (by tokens, re-rendered
-   through the template) so that the question and the answer share what is left;
+2. if the question is long too, it is shortened (by tokens, re-rendered through the
+   template) until the answer keeps at least one token and up to half of the room that
+   the image and the template leave;
 3. if the image and the template alone need more than ``max_length - 1`` tokens, a
    ``ValueError`` names the row: raise ``max_length`` or shrink the image resolution.
 
@@ -45,7 +46,8 @@ class VLMTransform:
     Args:
         processor: path or hub id of an ``AutoProcessor`` with a chat template. Loaded on
             first call, in the process that calls (DataLoader workers load their own).
-        image_column, question_column, answer_column: input column names.
+        image_column, question_column, answer_column: input column names. An answer that
+            is a list of strings (VQA-style reference answers) contributes its first.
         max_length: the most tokens a row may have, image tokens included; ``None`` keeps
             everything.
         system_prompt: optional system turn put before every user turn.
@@ -111,6 +113,8 @@ class VLMTransform:
         self, image: Any, question: str, answer: str, row: str = "row 0"
     ) -> dict[str, Any]:
         """Encode one row; ``row`` names it in error messages."""
+        if isinstance(answer, (list, tuple)) and answer and isinstance(answer[0], str):
+            answer = answer[0]  # VQA-style lists of reference answers: train on the first
         for name, column, text in (
             ("question", self.question_column, question),
             ("answer", self.answer_column, answer),
