@@ -9,7 +9,6 @@ word-level tokenizer with ``tokenizers``; :class:`Tokenize` is the transform the
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from typing import Any, Optional
@@ -19,6 +18,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from torchmetrics import MeanMetric
+
+from .schedules import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -153,12 +154,5 @@ class TinyCausalLM(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=0.01)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        warmup = max(1, int(total * self.hparams.warmup_ratio))
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(int(total * self.hparams.warmup_ratio), total))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from lightning_stream.schedules import warmup_cosine
 from lightning_stream.vlm.images import load_image
 from lightning_stream.vlm.processor import LazyProcessor, render_prompt
 from lightning_stream.vlm.transform import IGNORE_INDEX
@@ -245,7 +246,7 @@ class VisionLanguageModel(pl.LightningModule):
         total = max(1, int(total))
         warmup = int(hp.warmup_ratio * total)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _warmup_cosine(warmup, total, hp.min_lr_ratio)
+            optimizer, warmup_cosine(warmup, total, hp.min_lr_ratio)
         )
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -283,16 +284,6 @@ class VisionLanguageModel(pl.LightningModule):
             self.model.train(was_training)
         new_tokens = out[0, inputs["input_ids"].shape[1] :]
         return tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-
-
-def _warmup_cosine(warmup: int, total: int, floor: float) -> Any:
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 def _enable_checkpointing(model: Any) -> None:
