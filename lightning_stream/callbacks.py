@@ -92,6 +92,9 @@ class StreamingCallback(pl.Callback):
         )
         # The same on every rank: logged as is, not summed.
         pl_module.log("data/rows_dropped", float(loader.epoch_dropped_rows), on_step=False, on_epoch=True)
+        store = loader.dataset.store
+        for name, rows in zip(getattr(store, "names", ()), getattr(store, "counts", ())):
+            pl_module.log(f"data/mix_rows/{name}", float(rows), on_step=False, on_epoch=True)
         if stats.skipped:
             rank_zero_warn(
                 f"lightning_stream skipped {stats.skipped} bad rows in epoch {trainer.current_epoch}; first: {stats.culprits}"

@@ -84,4 +84,8 @@ def collate_rows(batch: dict[str, list], collate_fn: Optional[Callable[[list[dic
         return default_collate(batch)
     keys = list(batch)
     rows = [dict(zip(keys, values)) for values in zip(*(batch[k] for k in keys))]
-    return collate_fn(rows)
+    try:
+        return collate_fn(rows)
+    except KeyError as err:
+        name = getattr(collate_fn, "__qualname__", type(collate_fn).__name__)
+        raise KeyError(f"collate_fn {name}: column {err.args[0]!r} not found in the batch (columns: {keys})") from err

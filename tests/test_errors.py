@@ -148,3 +148,8 @@ def test_killed_worker_is_an_error_not_a_hang(data_dir):
     proc = subprocess.run([sys.executable, "-c", _KILLED_WORKER, os.path.join(data_dir, "disk")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert re.search(r"a DataLoader worker reading .*disk died .*out-of-memory killer", proc.stderr)
+
+
+def test_missing_column_in_collate_names_it(data_dir):
+    with pytest.raises(KeyError, match=r"collate_fn .*column 'input_ids' not found"):
+        first_batch(train=os.path.join(data_dir, "one.parquet"), collate_fn=lambda rows: [r["input_ids"] for r in rows])

@@ -66,3 +66,20 @@ def test_mixture_of_different_columns_is_refused(three_sources, tmp_path):
     pq.write_table(pa.table({"id": [1, 2], "caption": ["x", "y"]}), other)
     with pytest.raises(ValueError, match="same columns"):
         StreamingDataModule(train=Mix([three_sources[0], other])).train_dataloader()
+
+
+def test_mix_from_yaml_and_counts_logged(tmp_path, three_sources):
+    import lightning.pytorch as pl
+
+    from lightning_stream.cli import StreamingCLI
+
+    config = tmp_path / "mix.yaml"
+    config.write_text(
+        "model:\n  class_path: lightning_stream.testing.IdModel\n"
+        "trainer: {accelerator: cpu, max_epochs: 1, logger: false, enable_checkpointing: false, enable_progress_bar: false}\n"
+        "data:\n  batch_size: 50\n  train:\n    class_path: lightning_stream.Mix\n    init_args:\n"
+        f"      sources: {list(three_sources)}\n      probabilities: [0.5, 0.3, 0.2]\n      stopping_strategy: all_exhausted\n"
+    )
+    cli = StreamingCLI(args=["fit", "--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
+    m = {k: float(v) for k, v in cli.trainer.callback_metrics.items() if k.startswith("data/mix_rows/")}
+    assert sorted(m.values()) == [400.0, 600.0, 1000.0]
