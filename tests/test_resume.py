@@ -57,12 +57,17 @@ def test_resume_with_max_steps_and_lr_schedule_sized_from_length(tmp_path, sourc
     assert_resume_equivalent(make, make_model=Scheduled, stop_at_step=90, tmp_path=str(tmp_path), max_steps=140)
 
 
-def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
+def fit_and_save(tmp_path, data_dir, steps):
     dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=steps, default_root_dir=str(tmp_path), enable_progress_bar=False)
     t.fit(IdModel(), datamodule=dm)
-    path = os.path.join(str(tmp_path), "end.ckpt")
+    path = os.path.join(str(tmp_path), f"step{steps}.ckpt")
     t.save_checkpoint(path)
+    return path
+
+
+def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
+    path = fit_and_save(tmp_path, data_dir, 10)
     ckpt = torch.load(path, weights_only=True)  # plain data only: no pickled objects
     state = ckpt["StreamingDataModule"]["train"]
     assert state["epoch"] == 0 and state["position"] == 160 and state["steps"] == 10
@@ -71,11 +76,7 @@ def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
 
 
 def test_checkpoint_from_other_data_is_refused(tmp_path, data_dir):
-    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=5, default_root_dir=str(tmp_path), enable_progress_bar=False)
-    t.fit(IdModel(), datamodule=dm)
-    path = os.path.join(str(tmp_path), "a.ckpt")
-    t.save_checkpoint(path)
+    path = fit_and_save(tmp_path, data_dir, 5)
 
     other = StreamingDataModule(train=Source(path="parquet", data_files=os.path.join(data_dir, "one.parquet")), batch_size=16)
     t2 = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
