@@ -185,12 +185,12 @@ class StreamingDataLoader(StatefulDataLoader):
 
     # -- state ------------------------------------------------------------------------------------
     def _layout(self, start: int) -> Layout:
-        ds = self.dataset
-        n = ds.num_rows
-        o = ds.options
-        if n is None:  # a stream: its end is not known here, so positions count full steps
-            n = 1 << 62
-        return Layout(n, start, o.batch_size, ds.world_size, o.drop_last)
+        layout = self.dataset.layout(start)  # the layout the workers use, ``pad`` included
+        if isinstance(layout, Layout):
+            return layout
+        # A stream (its end is not known here: positions count full steps) or an eval loader.
+        o = self.dataset.options
+        return Layout(self.dataset.num_rows or 1 << 62, start, o.batch_size, self.dataset.world_size, o.drop_last)
 
     def state_dict(self) -> dict[str, Any]:
         """The position after the last trained batch, as plain data."""

@@ -20,8 +20,8 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import numpy as np

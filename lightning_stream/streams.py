@@ -71,7 +71,7 @@ class StreamStore:
         for table in shard.with_format("arrow").iter(batch_size=_READ_ROWS):
             if self.features is None:
                 self.features = datasets.Features.from_arrow_schema(table.schema)
-            # Shards may list their columns in another order (webdataset): align them.
+            # Keep every shard's columns in the features' order, so windows concatenate.
             yield table.select([c for c in self.features if c in table.column_names])
 
     def describe(self, row: int) -> str:
