@@ -28,6 +28,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from .collate import collate_rows
 from .sharding import EvalLayout, Layout
 from .sources import Source, open_store
+from .transfer import ByValue
 from .streams import StreamWindows
 from .transforms import Pipeline
 
@@ -79,6 +80,7 @@ class StreamingDataset(IterableDataset):
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._store: Any = None
         self._store_pid: Optional[int] = None
+        self._in_worker = False
 
     @property
     def store(self) -> Any:
@@ -119,6 +121,7 @@ class StreamingDataset(IterableDataset):
         epoch, start = (int(x) for x in self.control.tolist())
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self._in_worker = info is not None
         o = self.options
         store = self.store
         if store.random_access:
@@ -146,12 +149,11 @@ class StreamingDataset(IterableDataset):
             yield self._make(step, windows.take(a, b), lambda i, a=a: store.describe(a + i))
             step += num_workers
 
-    def _make(self, step: int, table: pa.Table, describe: Callable[[int], str]) -> tuple[BatchHeader, Any]:
+    def _make(self, step: int, table: pa.Table, describe: Callable[[int], str]) -> Any:
         batch, skipped = self._process(table, describe)
         header = BatchHeader(step=step, rows_read=table.num_rows, rows_out=_num_rows(batch), skipped=skipped)
-        if not header.rows_out:
-            return header, None
-        return header, collate_rows(batch, self.options.collate_fn)
+        item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
+        return ByValue(item) if self._in_worker else item
 
     def _transform(self, table: pa.Table) -> dict[str, Any]:
         features = self.store.features
