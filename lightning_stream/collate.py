@@ -32,9 +32,20 @@ def _dtype(x: Any) -> Any:
     return np.float32
 
 
+def _array_dtype(dtype: np.dtype) -> np.dtype:
+    # datasets' torch format: ids stored as int32 arrive as int64 (what embeddings and losses take),
+    # float64 as float32; narrow types (uint8 pixels, int8 masks, float16) keep their width.
+    if dtype.kind in "iu" and dtype.itemsize >= 4:
+        return np.dtype(np.int64)
+    if dtype.kind == "f" and dtype.itemsize > 4:
+        return np.dtype(np.float32)
+    return dtype
+
+
 def _collate_column(name: str, values: Any) -> Any:
     if isinstance(values, np.ndarray) and values.dtype != object:  # a whole column (batch_format="numpy")
-        return torch.from_numpy(np.array(values))  # a copy: arrays viewing arrow memory are read-only
+        # Always a copy: a column can be a read-only view of arrow memory or alias another column.
+        return torch.from_numpy(np.array(values, dtype=_array_dtype(values.dtype)))
     if isinstance(values, torch.Tensor):
         return values
     if not len(values):
@@ -49,7 +60,7 @@ def _collate_column(name: str, values: Any) -> Any:
         shapes = {v.shape for v in values}
         if len(shapes) > 1:
             raise ValueError(f"column {name!r}: cannot stack arrays of shapes {sorted(shapes)[:4]}; pad them or pass collate_fn")
-        return torch.from_numpy(np.stack(values))
+        return torch.from_numpy(np.stack(values).astype(_array_dtype(first.dtype), copy=False))
     if _is_number(first):
         return torch.from_numpy(np.array(values, dtype=_dtype(first)))
     if isinstance(first, (list, tuple)) and (not first or _is_number(first[0]) or isinstance(first[0], (list, tuple))):

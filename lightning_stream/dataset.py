@@ -84,7 +84,7 @@ class StreamingDataset(IterableDataset):
 
     @property
     def store(self) -> Any:
-        if self._store is None or self._store_pid != os.getpid():
+        if self._store is None or (self._store_pid != os.getpid() and not getattr(self._store, "fork_safe", False)):
             self._store = open_store(self.source, cache_rows=self.options.cache_rows)
             self._store_pid = os.getpid()
         return self._store
@@ -130,7 +130,7 @@ class StreamingDataset(IterableDataset):
             for step in range(worker, layout.num_steps, num_workers):
                 a, b = layout.batch_range(step, self.rank)
                 rows = order.rows(np.arange(a, b) % store.num_rows)  # wraps only for pad=True
-                yield self._make(step, store.take(rows), lambda i, rows=rows: store.describe(int(rows[i])))
+                yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))
             return
         windows = StreamWindows(store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
         step_rows = o.batch_size * self.world_size
@@ -146,22 +146,35 @@ class StreamingDataset(IterableDataset):
             else:
                 layout = Layout(start + (step + 1) * step_rows, start, o.batch_size, self.world_size, o.drop_last)
             a, b = layout.batch_range(step, self.rank)
-            yield self._make(step, windows.take(a, b), lambda i, a=a: store.describe(a + i))
+            yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i))
             step += num_workers
 
-    def _make(self, step: int, table: pa.Table, describe: Callable[[int], str]) -> Any:
-        batch, skipped = self._process(table, describe)
-        header = BatchHeader(step=step, rows_read=table.num_rows, rows_out=_num_rows(batch), skipped=skipped)
+    def _take(self, store: Any, rows: np.ndarray) -> "_Rows":
+        take_arrays = getattr(store, "take_arrays", None)
+        if take_arrays is None:
+            return _Rows.of(store.take(rows))
+        table, arrays = take_arrays(rows)
+        return _Rows(table, arrays, len(rows))
+
+    def _make(self, step: int, rows: "_Rows", describe: Callable[[int], str]) -> Any:
+        batch, skipped = self._process(rows, describe)
+        header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped)
         item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
         return ByValue(item) if self._in_worker else item
 
-    def _transform(self, table: pa.Table) -> dict[str, Any]:
+    def _transform(self, rows: "_Rows") -> dict[str, Any]:
         features = self.store.features
+        numpy = self.options.batch_format == "numpy"
+        columns = dict(zip(rows.table.column_names, rows.table.columns)) if rows.table is not None else {}
         batch: dict[str, Any] = {}
-        for name, column in zip(table.column_names, table.columns):
+        for name in [*features, *(c for c in columns if c not in features)]:
+            if name in rows.arrays:
+                batch[name] = rows.arrays[name] if numpy else rows.arrays[name].tolist()
+                continue
+            column = columns[name]
             feature = features.get(name)
             if feature is None or not require_decoding(feature):
-                batch[name] = _numpy_column(column) if self.options.batch_format == "numpy" else column.to_pylist()
+                batch[name] = _numpy_column(column) if numpy else column.to_pylist()
                 continue
             try:
                 batch[name] = [decode_nested_example(feature, v) if v is not None else None for v in column.to_pylist()]
@@ -169,24 +182,47 @@ class StreamingDataset(IterableDataset):
                 raise ValueError(f"column {name!r}: cannot decode ({type(err).__name__}: {err})") from err
         return self.options.pipeline(batch) if self.options.pipeline else batch
 
-    def _process(self, table: pa.Table, describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:
+    def _process(self, rows: "_Rows", describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:
         try:
-            return self._transform(table), []
+            return self._transform(rows), []
         except Exception:  # noqa: BLE001 - narrowed to the culprit row below
-            if table.num_rows == 0:
+            if rows.num_rows == 0:
                 raise
         # Find the culprit rows one by one; the policy decides between naming and skipping them.
         outputs, skipped = [], []
-        for i in range(table.num_rows):
+        for i in range(rows.num_rows):
             try:
-                outputs.append(self._transform(table.slice(i, 1)))
+                outputs.append(self._transform(rows.row(i)))
             except Exception as err:  # noqa: BLE001
                 culprit = f"{describe(i)}: {type(err).__name__}: {err}"
                 if self.options.on_error == "raise":
                     raise RowError(f"bad row in {culprit} (pass on_error='skip' to skip and count such rows)") from err
                 skipped.append(culprit)
         keys = list(outputs[0]) if outputs else []
-        return {k: [v for out in outputs for v in out[k]] for k in keys}, skipped
+        return {k: _concat([out[k] for out in outputs]) for k in keys}, skipped
+
+
+@dataclass
+class _Rows:
+    """A batch's rows before decoding: arrow columns and, where the store has them, numpy ones."""
+
+    table: Optional[pa.Table]
+    arrays: dict[str, np.ndarray]
+    num_rows: int
+
+    @classmethod
+    def of(cls, table: pa.Table) -> "_Rows":
+        return cls(table, {}, table.num_rows)
+
+    def row(self, i: int) -> "_Rows":
+        table = self.table.slice(i, 1) if self.table is not None else None
+        return _Rows(table, {k: v[i : i + 1] for k, v in self.arrays.items()}, 1)
+
+
+def _concat(parts: list[Any]) -> Any:
+    if parts and all(isinstance(p, np.ndarray) and p.dtype != object for p in parts):
+        return np.concatenate(parts)
+    return [v for part in parts for v in part]
 
 
 def _numpy_column(column: pa.ChunkedArray) -> Any:

@@ -29,7 +29,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import datasets
+from datasets.features.features import require_decoding
 
+from .columns import NumpyColumns
 from .order import EpochOrder
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,9 @@ class _RandomAccess:
 class ArrowStore(_RandomAccess):
     """Random access into memory-mapped arrow data (``save_to_disk`` folder or ``.arrow`` files)."""
 
+    # A forked worker can keep using the parent's memory maps: no file handle or cache to unshare.
+    fork_safe = True
+
     def __init__(self, source: Source) -> None:
         if os.path.isdir(source.path):
             ds = datasets.load_from_disk(source.path)
@@ -171,6 +176,8 @@ class ArrowStore(_RandomAccess):
         if ds._indices is not None:  # a save_to_disk of a select()/shuffle() result is flattened on save; be safe
             ds = ds.flatten_indices(keep_in_memory=True)
         self._table = ds.select_columns(list(self.features)).data  # memory-mapped datasets.Table
+        self._arrays: Optional[NumpyColumns] = None
+        self._rest: Any = None
         self.files = files
         self.file_rows = [p.num_rows for p in parts]
         self.num_rows = ds.num_rows
@@ -185,6 +192,16 @@ class ArrowStore(_RandomAccess):
     def take(self, rows: np.ndarray) -> pa.Table:
         # datasets' own gather over the memory-mapped record batches: ~20x faster than __getitem__.
         return self._table.fast_gather(rows)
+
+    def take_arrays(self, rows: np.ndarray) -> tuple[Optional[pa.Table], dict[str, np.ndarray]]:
+        """The rows as numpy arrays for the columns that have zero-copy views, arrow for the rest."""
+        if self._arrays is None:
+            plain = [name for name, feature in self.features.items() if not require_decoding(feature)]
+            self._arrays = NumpyColumns(self._table.table, plain)
+            rest = [name for name in self.features if name not in self._arrays.views]
+            self._rest = self._table.select(rest) if rest and len(rest) < len(self.features) else (self._table if rest else None)
+        arrays = self._arrays.gather(rows)
+        return (self._rest.fast_gather(rows) if self._rest is not None else None), arrays
 
     def describe(self, row: int) -> str:
         for f, n in zip(self.files, self.file_rows):
