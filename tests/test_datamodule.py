@@ -167,3 +167,16 @@ def test_numpy_batch_format_gives_arrays_to_the_transform(tmp_path):
     assert seen == {"id": np.ndarray, "input_ids": np.ndarray, "text": list}
     assert batch["id"].tolist() == [0, 2, 4, 6, 8]
     assert batch["labels"].tolist() == [[i + 1, i + 2, i + 3] for i in (0, 2, 4, 6, 8)]
+
+
+def test_loader_defaults_suit_the_trainer(data_dir):
+    from lightning.pytorch import Trainer
+
+    path = os.path.join(data_dir, "disk")
+    dm = StreamingDataModule(train=path, num_workers=2)
+    dm.trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers  # no worker restart per epoch or per validation run
+    assert not loader.pin_memory  # nothing to pin for a CPU run, even on a machine with CUDA
+    assert not StreamingDataModule(train=path, num_workers=0).train_dataloader().persistent_workers
+    assert StreamingDataModule(train=path, num_workers=2, pin_memory=True).train_dataloader().pin_memory
