@@ -3,12 +3,15 @@
 Workloads (rows built here, in a temp dir):
   cheap: 200k rows of 64 token ids, batch 32, the transform adds labels = input_ids;
   vlm:   4k rows of a 64-256 px PNG + caption; the transform decodes, resizes to 64x64, tokenizes.
-Configs: bare pyarrow loop (one process, same transform), the plain recipe
-(`load_from_disk().to_iterable_dataset(num_shards=8)` + `map(batched)` + `StatefulDataLoader`),
-and `StreamingDataModule.train_dataloader()` (shuffle on, for the cheap workload also with
-`batch_format="numpy"`), at num_workers 0 and 2. Median of 3 repeats.
+Configs: bare pyarrow record-batch loop (one process, same transform; for the cheap workload
+also with numpy columns instead of Python lists), the plain recipe
+(`load_from_disk().to_iterable_dataset(num_shards=8)` + `map(batched)` + `StatefulDataLoader`,
+no shuffle), `StreamingDataModule.train_dataloader()` (shuffle on; for the cheap workload also
+with `batch_format="numpy"`) and, when `litdata` imports, litdata's `StreamingDataset` over its
+`optimize` output of the same rows (shuffle on, the transform in `__getitem__`), at num_workers
+0 and 2. Repeats are interleaved; the median is reported.
 
-    python benchmarks/throughput.py [--rows 200000] [--vlm-rows 4000] [--repeats 3]
+    python benchmarks/throughput.py [--rows 200000] [--vlm-rows 8000] [--repeats 3] [--no-litdata]
 """
 
 from __future__ import annotations
@@ -88,6 +91,17 @@ def make_vlm(root, rows):
     return path
 
 
+def bare_numpy(path, bs):
+    table = datasets.load_from_disk(path).data.table
+    n = 0
+    for batch in table.to_batches(bs):
+        ids = batch.column("input_ids")
+        ids = torch.from_numpy(ids.flatten().to_numpy().reshape(len(ids), -1).astype(np.int64))
+        out = {"input_ids": ids, "labels": ids.clone()}
+        n += len(out["input_ids"])
+    return n
+
+
 def bare(path, transform, collate, bs):
     table = datasets.load_from_disk(path).data.table
     features = datasets.load_from_disk(path).features
@@ -111,46 +125,120 @@ def plain(path, transform, collate, bs, workers, drop):
     return sum(len(b["input_ids"]) for b in loader)
 
 
-def ours(path, transform, collate, bs, workers, drop, fmt="python"):
+def ours(path, transform, collate, bs, workers, drop, fmt="python", shuffle=True):
     dm = StreamingDataModule(train=path, transform=Map(transform, remove_columns=drop), batch_size=bs, num_workers=workers,
-                             buffer_size=10_000, batch_format=fmt)
+                             buffer_size=10_000, batch_format=fmt, shuffle=shuffle)
     return sum(len(b["input_ids"]) for b in dm.train_dataloader())
 
 
-def timed(fn, repeats):
-    times, n = [], 0
+# -- litdata (optional peer) -----------------------------------------------------------------------
+def _lit_rows(bounds, path):
+    ds = datasets.load_from_disk(path).with_format("numpy" if "cheap" in path else None)
+    for i in range(*bounds):
+        row = ds[i]
+        if "image" in row:
+            yield {"image": row["image"]["bytes"] if isinstance(row["image"], dict) else _png(row["image"]), "caption": row["caption"]}
+        else:
+            yield {"input_ids": row["input_ids"].astype(np.int32)}
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def lit_write(path, out):
+    import multiprocessing
+    from functools import partial
+
+    import litdata
+
+    rows = datasets.load_from_disk(path).num_rows
+    per = max(1, rows // 16)
+    inputs = [(a, min(a + per, rows)) for a in range(0, rows, per)]
+    method = multiprocessing.get_start_method()
+    litdata.optimize(fn=partial(_lit_rows, path=path), inputs=inputs, output_dir=out, chunk_bytes="64MB", num_workers=2,
+                     mode="overwrite", verbose=False)
+    multiprocessing.set_start_method(method, force=True)  # optimize() switches the whole process to spawn
+    return out
+
+
+def lit_loader(out, workload, bs, workers):
+    import litdata
+
+    class Cheap(litdata.StreamingDataset):
+        def __getitem__(self, index):
+            ids = torch.from_numpy(np.asarray(super().__getitem__(index)["input_ids"], dtype=np.int64))
+            return {"input_ids": ids, "labels": ids}
+
+    class Vlm(litdata.StreamingDataset):
+        def __getitem__(self, index):
+            from PIL import Image
+
+            row = super().__getitem__(index)
+            out = vlm_transform({"image": [Image.open(io.BytesIO(row["image"]))], "caption": [row["caption"]]})
+            return {"pixel_values": torch.from_numpy(out["pixel_values"][0]), "input_ids": torch.tensor(out["input_ids"][0])}
+
+    ds = (Cheap if workload == "cheap" else Vlm)(out, shuffle=True, seed=0)
+    return sum(len(b["input_ids"]) for b in litdata.StreamingDataLoader(ds, batch_size=bs, num_workers=workers))
+
+
+def measure(configs, repeats):
+    """samples/s per config: repeats interleaved (drift hits every config alike), median."""
+    times = {name: [] for name in configs}
+    rows = {}
     for _ in range(repeats):
-        t = time.perf_counter()
-        n = fn()
-        times.append(time.perf_counter() - t)
-    return n / statistics.median(times)
+        for name, fn in configs.items():
+            t = time.perf_counter()
+            rows[name] = fn()
+            times[name].append(time.perf_counter() - t)
+    return {name: rows[name] / statistics.median(ts) for name, ts in times.items()}
 
 
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--rows", type=int, default=200_000)
-    p.add_argument("--vlm-rows", type=int, default=4000)
+    p.add_argument("--vlm-rows", type=int, default=8000)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--no-litdata", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(1)
+    try:
+        import litdata  # noqa: F401
+
+        have_litdata = not a.no_litdata
+    except ImportError:
+        have_litdata = False
+    print(f"cpus={os.cpu_count()} torch={torch.__version__} datasets={datasets.__version__} pyarrow={pa.__version__} "
+          f"litdata={'yes' if have_litdata else 'no'}\n")
     with tempfile.TemporaryDirectory() as root:
         workloads = {
-            "cheap (bs 32)": (make_cheap(root, a.rows), cheap_transform, collate_cheap, 32, ["id"]),
-            "vlm-like (bs 16)": (make_vlm(root, a.vlm_rows), vlm_transform, collate_vlm, 16, ["id", "image", "caption"]),
+            "cheap": ("cheap (bs 32)", make_cheap(root, a.rows), cheap_transform, collate_cheap, 32, ["id"]),
+            "vlm": ("vlm-like (bs 16)", make_vlm(root, a.vlm_rows), vlm_transform, collate_vlm, 16, ["id", "image", "caption"]),
         }
-        print(f"| workload | config | samples/s | vs bare | vs plain (same workers) |")
+        print("| workload | config | samples/s | vs bare | vs plain (same workers) |")
         print("|---|---|---|---|---|")
-        for name, (path, tf, coll, bs, drop) in workloads.items():
-            base = timed(lambda: bare(path, tf, coll, bs), a.repeats)
-            print(f"| {name} | bare pyarrow loop | {base:,.0f} | 1.00x | |")
+        for key, (title, path, tf, coll, bs, drop) in workloads.items():
+            configs = {"bare pyarrow loop": lambda: bare(path, tf, coll, bs)}
+            if key == "cheap":
+                configs["bare pyarrow loop, numpy columns"] = lambda: bare_numpy(path, bs)
+            lit = lit_write(path, os.path.join(root, f"lit-{key}")) if have_litdata else None
             for w in (0, 2):
-                pr = timed(lambda: plain(path, tf, coll, bs, w, drop), a.repeats)
-                us = timed(lambda: ours(path, tf, None, bs, w, drop), a.repeats)
-                print(f"| {name} | plain recipe, {w} workers | {pr:,.0f} | {pr / base:.2f}x | 1.00x |")
-                print(f"| {name} | lightning_stream, {w} workers | {us:,.0f} | {us / base:.2f}x | {us / pr:.2f}x |")
-                if name.startswith("cheap"):
-                    un = timed(lambda: ours(path, tf, None, bs, w, drop, "numpy"), a.repeats)
-                    print(f"| {name} | lightning_stream, batch_format=numpy, {w} workers | {un:,.0f} | {un / base:.2f}x | {un / pr:.2f}x |")
+                configs[f"plain recipe, {w} workers"] = lambda w=w: plain(path, tf, coll, bs, w, drop)
+                configs[f"lightning_stream, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop)
+                if key == "cheap":
+                    configs[f"lightning_stream, batch_format=numpy, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop, "numpy")
+                if key == "cheap" and w == 0:
+                    configs["lightning_stream, batch_format=numpy, shuffle off, 0 workers"] = lambda: ours(path, tf, None, bs, 0, drop, "numpy", False)
+                if lit:
+                    configs[f"litdata, {w} workers"] = lambda w=w: lit_loader(lit, key, bs, w)
+            rates = measure(configs, a.repeats)
+            base = rates["bare pyarrow loop"]
+            for name, rate in rates.items():
+                plain_rate = next((rates[k] for k in rates if k.startswith("plain") and k.endswith(name[-9:])), None)
+                vs_plain = f"{rate / plain_rate:.2f}x" if plain_rate and "workers" in name else ""
+                print(f"| {title} | {name} | {rate:,.0f} | {rate / base:.2f}x | {vs_plain} |")
             sys.stdout.flush()
 
 

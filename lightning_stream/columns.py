@@ -63,12 +63,15 @@ class NumpyColumns:
 
     def gather(self, rows: np.ndarray) -> dict[str, np.ndarray]:
         """The rows ``rows`` (in that order) of each column, as fresh writable arrays."""
+        n = len(rows)
+        if n and int(rows[-1]) - int(rows[0]) == n - 1 and (n < 3 or (rows[1:] > rows[:-1]).all()):
+            # Contiguous (an unshuffled batch): a slice of one record batch, or of a few.
+            first, last = (int(x) for x in np.searchsorted(self.offsets, rows[[0, -1]], side="right") - 1)
+            lo = int(rows[0]) - int(self.offsets[first])
+            if first == last:
+                return {name: views[first][lo : lo + n].copy() for name, views in self.views.items()}
         batch = np.searchsorted(self.offsets, rows, side="right") - 1
         local = rows - self.offsets[batch]
-        n = len(rows)
-        if n and batch[0] == batch[-1] and local[-1] - local[0] == n - 1 and (np.diff(local) == 1).all():
-            b, lo = int(batch[0]), int(local[0])  # contiguous (an unshuffled batch): one copy
-            return {name: views[b][lo : lo + n].copy() for name, views in self.views.items()}
         # Shuffled rows come from many 128-row blocks: one indexing per row beats grouping them.
         pairs = list(zip(batch.tolist(), local.tolist()))
         return {name: np.array([views[b][i] for b, i in pairs]) for name, views in self.views.items()}

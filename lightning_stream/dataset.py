@@ -129,7 +129,8 @@ class StreamingDataset(IterableDataset):
             order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
             for step in range(worker, layout.num_steps, num_workers):
                 a, b = layout.batch_range(step, self.rank)
-                rows = order.rows(np.arange(a, b) % store.num_rows)  # wraps only for pad=True
+                positions = np.arange(a, b)
+                rows = order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
                 yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))
             return
         windows = StreamWindows(store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)

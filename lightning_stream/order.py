@@ -83,17 +83,17 @@ class EpochOrder:
         positions = np.asarray(positions, dtype=np.int64)
         if positions.size and (positions.min() < 0 or positions.max() >= self.num_rows):
             raise IndexError(f"epoch positions must lie in [0, {self.num_rows})")
-        if self.shuffle and positions.size and positions[0] // self.window == positions[-1] // self.window and (np.diff(positions) >= 0).all():
+        if not self.shuffle:
+            return positions  # blocks in source order: positions are rows
+        if positions.size and positions[0] // self.window == positions[-1] // self.window and (np.diff(positions) >= 0).all():
             w = int(positions[0]) // self.window  # the usual batch: ascending positions inside one window
             seq = w * self.window + self._window(w)[positions - w * self.window]
-        elif self.shuffle:
+        else:
             seq = np.empty_like(positions)
             windows = positions // self.window
             for w in np.unique(windows):
                 sel = windows == w
                 base = int(w) * self.window
                 seq[sel] = base + self._window(int(w))[positions[sel] - base]
-        else:
-            seq = positions
         block = np.searchsorted(self._seq_end, seq, side="right")
         return self._src_start[block] + (seq - self._seq_start[block])
