@@ -17,6 +17,7 @@ with `batch_format="numpy"`) and, when `litdata` imports, litdata's `StreamingDa
 from __future__ import annotations
 
 import argparse
+import gc
 import io
 import os
 import statistics
@@ -190,6 +191,7 @@ def measure(configs, repeats):
     rows = {}
     for _ in range(repeats):
         for name, fn in configs.items():
+            gc.collect()  # shut down the previous run's (persistent) workers outside the timing
             t = time.perf_counter()
             rows[name] = fn()
             times[name].append(time.perf_counter() - t)
