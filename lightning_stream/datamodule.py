@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, Literal, Optional, Union
 
@@ -145,7 +146,16 @@ class StreamingDataModule(pl.LightningDataModule):
         self.even = even
         self.batch_format = batch_format
         self.train_loader: Optional[StreamingDataLoader] = None
+        self._loaders: "weakref.WeakSet[StreamingDataLoader]" = weakref.WeakSet()
         self._pending_state: Optional[dict] = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Loaders (processes, queues) stay with the process that made them, e.g. under ddp_spawn.
+        return {**self.__dict__, "train_loader": None, "_loaders": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._loaders = weakref.WeakSet()
 
     # -- Lightning hooks --------------------------------------------------------------------------
     def prepare_data(self) -> None:
@@ -156,6 +166,13 @@ class StreamingDataModule(pl.LightningDataModule):
         trainer = self.trainer
         if trainer is not None and not any(isinstance(c, StreamingCallback) for c in trainer.callbacks):
             trainer.callbacks.insert(0, StreamingCallback())
+
+    def teardown(self, stage: str) -> None:
+        # Persistent workers are stopped here rather than when the loaders are garbage: a loader
+        # freed by the cycle collector (the Trainer and the datamodule refer to each other) waits
+        # 5 s per worker in torch's shutdown.
+        for loader in list(self._loaders):
+            loader.shutdown_workers()
 
     def _trainer_epoch(self) -> int:
         return self.trainer.current_epoch if self.trainer is not None else 0
@@ -197,10 +214,11 @@ class StreamingDataModule(pl.LightningDataModule):
             pin_memory=self._pin_memory(),
             persistent_workers=self.persistent_workers,
             prefetch_factor=self.prefetch_factor,
-            epoch_fn=self._trainer_epoch if train else (lambda: 0),
+            epoch_fn=_weak(self._trainer_epoch) if train else _epoch_zero,
             max_skipped=self.max_skipped,
         )
         self._report_layout(dataset, source)
+        self._loaders.add(loader)
         return loader
 
     def _report_layout(self, dataset: StreamingDataset, source: Source) -> None:
@@ -250,3 +268,19 @@ class StreamingDataModule(pl.LightningDataModule):
             self.train_loader.load_state_dict(state, strict=self.strict_resume)
         else:
             self._pending_state = dict(state)
+
+
+def _epoch_zero() -> int:
+    return 0
+
+
+def _weak(method: Callable[[], int]) -> Callable[[], int]:
+    """``method`` without a strong reference to its object: a loader that held its datamodule
+    would form a cycle, freed only by the cycle collector (see ``teardown``)."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> int:
+        bound = ref()
+        return bound() if bound is not None else 0
+
+    return call

@@ -107,6 +107,13 @@ class StreamingDataLoader(StatefulDataLoader):
         self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
         self.last_rows = 0
 
+    def shutdown_workers(self) -> None:
+        """Stop persistent workers now (they are restarted by the next iteration)."""
+        iterator = getattr(self, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self._iterator = None
+
     # -- epoch and length -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s order from the next iteration on."""

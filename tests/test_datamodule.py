@@ -180,3 +180,26 @@ def test_loader_defaults_suit_the_trainer(data_dir):
     assert not loader.pin_memory  # nothing to pin for a CPU run, even on a machine with CUDA
     assert not StreamingDataModule(train=path, num_workers=0).train_dataloader().persistent_workers
     assert StreamingDataModule(train=path, num_workers=2, pin_memory=True).train_dataloader().pin_memory
+
+
+def test_persistent_workers_stop_with_the_fit_and_the_datamodule_pickles(data_dir, tmp_path):
+    import pickle
+
+    from lightning.pytorch import Trainer
+
+    from lightning_stream.testing import IdModel
+
+    class WithVal(IdModel):
+        def validation_step(self, batch, batch_idx):
+            return None
+
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "disk"), batch_size=50, num_workers=2)
+    trainer = Trainer(accelerator="cpu", max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, default_root_dir=str(tmp_path))
+    trainer.fit(WithVal(), datamodule=dm)
+    loaders = list(dm._loaders)
+    assert len(loaders) == 2 and all(loader.persistent_workers for loader in loaders)
+    assert all(loader._iterator is None for loader in loaders)  # teardown stopped the workers
+    dm.trainer = None  # the trainer pickles its own way; the datamodule with live loaders must pickle too
+    clone = pickle.loads(pickle.dumps(dm))
+    assert clone.train_loader is None and len(list(clone.train_dataloader())) == len(dm.train_dataloader())
