@@ -11,7 +11,7 @@ with `batch_format="numpy"`) and, when `litdata` imports, litdata's `StreamingDa
 `optimize` output of the same rows (shuffle on, the transform in `__getitem__`), at num_workers
 0 and 2. Repeats are interleaved; the median is reported.
 
-    python benchmarks/throughput.py [--rows 200000] [--vlm-rows 8000] [--repeats 3] [--no-litdata]
+    python benchmarks/throughput.py [--rows 200000] [--vlm-rows 8000] [--repeats 3] [--no-litdata] [--workloads cheap vlm]
 """
 
 from __future__ import annotations
@@ -126,10 +126,16 @@ def plain(path, transform, collate, bs, workers, drop):
     return sum(len(b["input_ids"]) for b in loader)
 
 
-def ours(path, transform, collate, bs, workers, drop, fmt="python", shuffle=True):
+def ours(path, transform, collate, bs, workers, drop, fmt="python", shuffle=True, snapshot=False):
     dm = StreamingDataModule(train=path, transform=Map(transform, remove_columns=drop), batch_size=bs, num_workers=workers,
                              buffer_size=10_000, batch_format=fmt, shuffle=shuffle)
-    return sum(len(b["input_ids"]) for b in dm.train_dataloader())
+    loader = dm.train_dataloader()
+    n = 0
+    for b in loader:
+        n += len(b["input_ids"])
+        if snapshot:  # what a checkpoint at every step would cost
+            loader.state_dict()
+    return n
 
 
 # -- litdata (optional peer) -----------------------------------------------------------------------
@@ -204,6 +210,7 @@ def main():
     p.add_argument("--vlm-rows", type=int, default=8000)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--no-litdata", action="store_true")
+    p.add_argument("--workloads", nargs="+", default=["cheap", "vlm"], choices=["cheap", "vlm"])
     a = p.parse_args()
     torch.set_num_threads(1)
     try:
@@ -215,10 +222,11 @@ def main():
     print(f"cpus={os.cpu_count()} torch={torch.__version__} datasets={datasets.__version__} pyarrow={pa.__version__} "
           f"litdata={'yes' if have_litdata else 'no'}\n")
     with tempfile.TemporaryDirectory() as root:
-        workloads = {
-            "cheap": ("cheap (bs 32)", make_cheap(root, a.rows), cheap_transform, collate_cheap, 32, ["id"]),
-            "vlm": ("vlm-like (bs 16)", make_vlm(root, a.vlm_rows), vlm_transform, collate_vlm, 16, ["id", "image", "caption"]),
-        }
+        workloads = {}
+        if "cheap" in a.workloads:
+            workloads["cheap"] = ("cheap (bs 32)", make_cheap(root, a.rows), cheap_transform, collate_cheap, 32, ["id"])
+        if "vlm" in a.workloads:
+            workloads["vlm"] = ("vlm-like (bs 16)", make_vlm(root, a.vlm_rows), vlm_transform, collate_vlm, 16, ["id", "image", "caption"])
         print("| workload | config | samples/s | vs bare | vs plain (same workers) |")
         print("|---|---|---|---|---|")
         for key, (title, path, tf, coll, bs, drop) in workloads.items():
@@ -231,6 +239,9 @@ def main():
                 configs[f"lightning_stream, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop)
                 if key == "cheap":
                     configs[f"lightning_stream, batch_format=numpy, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop, "numpy")
+                if key == "cheap":
+                    configs[f"lightning_stream, batch_format=numpy, state_dict() every step, {w} workers"] = (
+                        lambda w=w: ours(path, tf, None, bs, w, drop, "numpy", snapshot=True))
                 if key == "cheap" and w == 0:
                     configs["lightning_stream, batch_format=numpy, shuffle off, 0 workers"] = lambda: ours(path, tf, None, bs, 0, drop, "numpy", False)
                 if lit:
