@@ -139,8 +139,8 @@ def ours(path, transform, collate, bs, workers, drop, fmt="python", shuffle=True
 
 
 # -- litdata (optional peer) -----------------------------------------------------------------------
-def _lit_rows(bounds, path):
-    ds = datasets.load_from_disk(path).with_format("numpy" if "cheap" in path else None)
+def _lit_rows(bounds, path, ids):
+    ds = datasets.load_from_disk(path).with_format("numpy" if ids else None)
     for i in range(*bounds):
         row = ds[i]
         if "image" in row:
@@ -155,7 +155,7 @@ def _png(img):
     return buf.getvalue()
 
 
-def lit_write(path, out):
+def lit_write(path, out, ids):
     import multiprocessing
     from functools import partial
 
@@ -165,7 +165,7 @@ def lit_write(path, out):
     per = max(1, rows // 16)
     inputs = [(a, min(a + per, rows)) for a in range(0, rows, per)]
     method = multiprocessing.get_start_method()
-    litdata.optimize(fn=partial(_lit_rows, path=path), inputs=inputs, output_dir=out, chunk_bytes="64MB", num_workers=2,
+    litdata.optimize(fn=partial(_lit_rows, path=path, ids=ids), inputs=inputs, output_dir=out, chunk_bytes="64MB", num_workers=2,
                      mode="overwrite", verbose=False)
     multiprocessing.set_start_method(method, force=True)  # optimize() switches the whole process to spawn
     return out
@@ -233,7 +233,7 @@ def main():
             configs = {"bare pyarrow loop": lambda: bare(path, tf, coll, bs)}
             if key == "cheap":
                 configs["bare pyarrow loop, numpy columns"] = lambda: bare_numpy(path, bs)
-            lit = lit_write(path, os.path.join(root, f"lit-{key}")) if have_litdata else None
+            lit = lit_write(path, os.path.join(root, f"lit-{key}"), key == "cheap") if have_litdata else None
             for w in (0, 2):
                 configs[f"plain recipe, {w} workers"] = lambda w=w: plain(path, tf, coll, bs, w, drop)
                 configs[f"lightning_stream, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop)

@@ -4,8 +4,9 @@ A shuffled batch is a handful of rows scattered over a window; gathering them wi
 one slice per row and then combines the chunks (~0.1 ms per column at batch 32), and turning the
 result into numpy costs as much again. A numeric column, or a column of equal-length numeric
 lists (token ids), is instead a 1-d or 2-d numpy view of each record batch's buffer in the memory
-map: zero-copy, so holding every view costs no memory, and a gather is one fancy index per record
-batch touched.
+map: zero-copy, so holding every view costs no memory. A gather indexes the views row by row
+(a shuffled batch touches as many 128-row blocks as it has rows) or, for contiguous rows, copies
+one slice.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Optional
 import numpy as np
 import pyarrow as pa
 
-__all__ = ["NumpyColumns"]
+__all__ = ["NumpyColumns", "is_list", "numpy_view"]
 
 
 def _is_number(kind: pa.DataType) -> bool:
@@ -23,14 +24,18 @@ def _is_number(kind: pa.DataType) -> bool:
     return pa.types.is_integer(kind) or pa.types.is_floating(kind)
 
 
-def _view(array: pa.Array) -> Optional[np.ndarray]:
+def is_list(kind: pa.DataType) -> bool:
+    return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
+
+
+def numpy_view(array: pa.Array) -> Optional[np.ndarray]:
     """A zero-copy numpy view of ``array`` (numbers, or lists of one length), or None."""
     kind = array.type
     if array.null_count:
         return None
     if _is_number(kind):
         return array.to_numpy(zero_copy_only=True)
-    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+    if not is_list(kind):
         return None
     values = array.flatten()
     if values.null_count or not _is_number(values.type):
@@ -53,7 +58,7 @@ class NumpyColumns:
         self.offsets = np.cumsum([0] + [b.num_rows for b in batches], dtype=np.int64)
         self.views: dict[str, list[np.ndarray]] = {}
         for name in candidates:
-            views = [_view(b.column(name)) for b in batches]
+            views = [numpy_view(b.column(name)) for b in batches]
             if views and all(v is not None for v in views) and len({v.shape[1:] for v in views}) == 1:
                 self.views[name] = views  # type: ignore[assignment]
 

@@ -26,6 +26,7 @@ from datasets.features.features import decode_nested_example, require_decoding
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
+from .columns import is_list, numpy_view
 from .sharding import EvalLayout, Layout
 from .sources import Source, open_store
 from .transfer import ByValue
@@ -80,7 +81,6 @@ class StreamingDataset(IterableDataset):
         self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
         self._store: Any = None
         self._store_pid: Optional[int] = None
-        self._in_worker = False
 
     @property
     def store(self) -> Any:
@@ -121,7 +121,6 @@ class StreamingDataset(IterableDataset):
         epoch, start = (int(x) for x in self.control.tolist())
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        self._in_worker = info is not None
         o = self.options
         store = self.store
         if store.random_access:
@@ -161,7 +160,7 @@ class StreamingDataset(IterableDataset):
         batch, skipped = self._process(rows, describe)
         header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped)
         item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
-        return ByValue(item) if self._in_worker else item
+        return ByValue(item) if get_worker_info() is not None else item
 
     def _transform(self, rows: "_Rows") -> dict[str, Any]:
         features = self.store.features
@@ -229,16 +228,12 @@ def _concat(parts: list[Any]) -> Any:
 def _numpy_column(column: pa.ChunkedArray) -> Any:
     """A column as numpy without a Python object per value where arrow allows it."""
     array = column.combine_chunks()
-    kind = array.type
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        values = array.flatten()
-        if array.null_count == 0 and (pa.types.is_integer(values.type) or pa.types.is_floating(values.type)) and len(array):
-            offsets = np.diff(array.offsets.to_numpy()) if not pa.types.is_fixed_size_list(kind) else None
-            width = kind.list_size if offsets is None else int(offsets[0])
-            if offsets is None or (offsets == width).all():
-                return values.to_numpy().reshape(len(array), width)
+    view = numpy_view(array)  # numbers, equal-length numeric lists
+    if view is not None:
+        return view
+    if is_list(array.type):
         return [np.asarray(v) if v is not None else None for v in array.to_pylist()]
-    if array.null_count == 0 and (pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)):
+    if array.null_count == 0 and pa.types.is_boolean(array.type):
         return array.to_numpy(zero_copy_only=False)
     return array.to_pylist()
 

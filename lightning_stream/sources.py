@@ -199,7 +199,7 @@ class ArrowStore(_RandomAccess):
             plain = [name for name, feature in self.features.items() if not require_decoding(feature)]
             self._arrays = NumpyColumns(self._table.table, plain)
             rest = [name for name in self.features if name not in self._arrays.views]
-            self._rest = self._table.select(rest) if rest and len(rest) < len(self.features) else (self._table if rest else None)
+            self._rest = self._table.select(rest) if rest else None
         arrays = self._arrays.gather(rows)
         return (self._rest.fast_gather(rows) if self._rest is not None else None), arrays
 
