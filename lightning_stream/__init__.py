@@ -10,8 +10,7 @@ from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
-from .mixing import Mix
-from .sources import Source
+from .spec import Mix, Source
 from .state import StateMismatchError
 from .transforms import Filter, Map
 

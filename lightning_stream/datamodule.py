@@ -15,8 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
-from .mixing import Mix
-from .sources import Source, as_source
+from .spec import Mix, Source, as_source
 from .transforms import Filter, Map, as_pipeline
 
 log = logging.getLogger(__name__)

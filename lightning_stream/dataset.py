@@ -1,7 +1,7 @@
 """The torch ``IterableDataset`` that runs in each DataLoader worker.
 
 It yields whole batches: for each of its local steps a worker gathers the rows of its batch
-(``order.py`` maps epoch positions to rows, ``sharding.py`` positions to batches), decodes them
+(``order.py`` maps epoch positions to rows, ``split.py`` positions to batches), decodes them
 with the source's ``datasets.Features``, runs the transform pipeline and collates. Each batch
 goes out with a small header (its step and its row counts) that the loader strips in the main
 process; the header is how the main process knows exactly which step it is handing to training.
@@ -26,11 +26,12 @@ from datasets.features.features import decode_nested_example, require_decoding
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
-from .columns import is_list, numpy_view
-from .sharding import EvalLayout, Layout
-from .sources import Source, open_store
+from .spec import Source
+from .split import EvalLayout, Layout
+from .stores import open_store
+from .stores.columns import is_list, numpy_view
+from .stores.stream import StreamWindows
 from .transfer import ByValue
-from .streams import StreamWindows
 from .transforms import Pipeline
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ class StreamingDataset(IterableDataset):
 
     @property
     def store(self) -> Any:
-        if self._store is None or (self._store_pid != os.getpid() and not getattr(self._store, "fork_safe", False)):
+        if self._store is None or (self._store_pid != os.getpid() and not self._store.fork_safe):
             self._store = open_store(self.source, cache_rows=self.options.cache_rows)
             self._store_pid = os.getpid()
         return self._store

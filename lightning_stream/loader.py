@@ -5,7 +5,7 @@ and the number of global steps *trained* (not merely fetched). Under Lightning t
 :class:`~lightning_stream.callbacks.StreamingCallback` acknowledges each batch as it reaches
 ``training_step``, so the batch Lightning has prefetched is not counted; used on its own, a batch
 counts as consumed when it is yielded (torchdata's convention). From the step count, the epoch
-position follows by arithmetic (``sharding.Layout.position_after``), which makes the checkpoint a
+position follows by arithmetic (``split.Layout.position_after``), which makes the checkpoint a
 handful of integers and lets a resume start on exactly the next batch.
 
 Iteration starts lazily, at the first ``next()``: Lightning may call ``iter()`` before it has
@@ -24,7 +24,7 @@ from typing import Any, Optional
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .dataset import BatchHeader, StreamingDataset
-from .sharding import Layout
+from .split import Layout
 from .state import STATE_VERSION, check_state
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ import torch
 
 import datasets
 from lightning_stream import StreamingDataModule
-from lightning_stream.columns import NumpyColumns
+from lightning_stream.stores.columns import NumpyColumns
 
 
 def table(n=1000, batch=97):

@@ -100,7 +100,7 @@ def test_too_few_rows_for_the_batch_layout(tmp_path):
     pq.write_table(pa.table({"id": [0, 1, 2]}), path)
     assert len(StreamingDataModule(train=str(path), batch_size=8).train_dataloader()) == 1
     with pytest.raises(ValueError, match="1 evaluation rows cannot be split over 2 ranks"):
-        from lightning_stream.sharding import EvalLayout
+        from lightning_stream.split import EvalLayout
 
         EvalLayout(1, 4, 2)
 

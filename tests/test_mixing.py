@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from lightning_stream import Mix, Source, StreamingDataModule
-from lightning_stream.mixing import mixture_counts
+from lightning_stream.stores.mixture import mixture_counts
 from lightning_stream.testing import assert_resume_equivalent
 
 from conftest import write_parquet

@@ -1,9 +1,10 @@
 """Weighted mixtures of sources, with ``datasets.interleave_datasets``' stopping strategies.
 
-Where ``interleave_datasets`` draws a source at random for every row, a :class:`Mix` takes the
-*expected* number of rows from each source and interleaves them in a random order. The realised
-mixture then equals the probabilities exactly, the epoch has a fixed, known length, and the
-position in it is one integer again, so resume is exact and cheap:
+Where ``interleave_datasets`` draws a source at random for every row, a
+:class:`~lightning_stream.spec.Mix` takes the *expected* number of rows from each source and
+interleaves them in a random order. The realised mixture then equals the probabilities exactly,
+the epoch has a fixed, known length, and the position in it is one integer again, so resume is
+exact and cheap:
 
 - ``first_exhausted``: ``L = min_i(n_i / p_i)`` rows, ``round(p_i * L)`` from source ``i`` (no row
   of any source is repeated);
@@ -17,44 +18,24 @@ Each source keeps its own epoch order (``order.py``); the interleaving is drawn 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from .order import EpochOrder
-from .sources import Source, _fingerprint, as_source, gather, open_store
+from ..order import EpochOrder
+from ..spec import Mix, Source, as_source
+from .base import fingerprint, gather
+
+if TYPE_CHECKING:  # the contract only; the factory that imports this module passes the opener in
+    from . import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Mix", "MixtureStore"]
+__all__ = ["MixtureOrder", "MixtureStore", "mixture_counts"]
 
 _MIX_DOMAIN = 0x313F
-
-
-@dataclass
-class Mix:
-    """Sources mixed with ``probabilities`` (uniform by default).
-
-    Args:
-        sources: the sources to mix (each a :class:`Source` or a string).
-        probabilities: share of each source in the mixture; uniform when omitted.
-        stopping_strategy: ``"first_exhausted"`` or ``"all_exhausted"``, as in
-            ``datasets.interleave_datasets``.
-
-    Example:
-        >>> Mix(["captions.parquet", "vqa.parquet"], probabilities=[0.7, 0.3])  # doctest: +ELLIPSIS
-        Mix(sources=['captions.parquet', 'vqa.parquet'], ...)
-    """
-
-    sources: list[Union[Source, str]]
-    probabilities: Optional[list[float]] = None
-    stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
-
-    @property
-    def path(self) -> str:
-        return "mix(" + ", ".join(as_source(s).path for s in self.sources) + ")"
 
 
 def mixture_counts(sizes: list[int], probabilities: list[float], strategy: str) -> list[int]:
@@ -102,11 +83,17 @@ class MixtureOrder:
 
 
 class MixtureStore:
-    """Random access into several random-access stores, mixed as :class:`Mix` says."""
+    """Random access into several random-access stores, mixed as :class:`Mix` says.
+
+    ``open_source`` opens each of the mix's sources (``open_store`` passes itself, so this
+    module does not import the factory that imports it).
+    """
 
     random_access = True
+    # Reopened in each process, as its parquet sources are.
+    fork_safe = False
 
-    def __init__(self, mix: Mix, *, cache_rows: int = 20_000) -> None:
+    def __init__(self, mix: Mix, *, open_source: Callable[[Source], Store]) -> None:
         if mix.stopping_strategy not in ("first_exhausted", "all_exhausted"):
             raise ValueError(f"stopping_strategy must be 'first_exhausted' or 'all_exhausted', got {mix.stopping_strategy!r}")
         sources = [as_source(s) for s in mix.sources]
@@ -116,7 +103,7 @@ class MixtureStore:
         if len(probs) != len(sources) or any(p < 0 for p in probs) or not sum(probs) > 0:
             raise ValueError(f"Mix probabilities {probs} must be {len(sources)} non-negative numbers, not all zero")
         probs = [p / sum(probs) for p in probs]
-        self.stores = [open_store(s, cache_rows=cache_rows) for s in sources]
+        self.stores = [open_source(s) for s in sources]
         for s, store in zip(sources, self.stores):
             if not store.random_access:
                 raise ValueError(f"Mix needs random-access sources (parquet, arrow, save_to_disk); {s.path!r} is a stream")
@@ -131,11 +118,11 @@ class MixtureStore:
         self.offsets = np.concatenate([[0], np.cumsum([s.num_rows for s in self.stores])[:-1]]).astype(np.int64)
         self.num_rows = int(sum(self.counts))
         self.where = mix.path
-        self.fingerprint = _fingerprint([[s.fingerprint for s in self.stores], probs, mix.stopping_strategy])
+        self.fingerprint = fingerprint([[s.fingerprint for s in self.stores], probs, mix.stopping_strategy])
         log.info("mixture per epoch: %s", ", ".join(f"{n}: {c} rows" for n, c in zip(self.names, self.counts)))
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int) -> MixtureOrder:
-        return MixtureOrder(self, seed=seed, epoch=epoch, shuffle=shuffle, window=window)
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, **kw: Any) -> MixtureOrder:
+        return MixtureOrder(self, seed=seed, epoch=epoch, shuffle=shuffle, window=window, **kw)
 
     def _source_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, rows, side="right") - 1

@@ -2,7 +2,7 @@ import itertools
 
 import pytest
 
-from lightning_stream.sharding import Layout
+from lightning_stream.split import Layout
 
 
 @pytest.mark.parametrize(

@@ -10,19 +10,16 @@ transforming) the ``p`` rows before it.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from typing import Optional
 
-import numpy as np
 import pyarrow as pa
 
 import datasets
 
-from .order import block_permutation, window_permutation
-from .sources import Source, _fingerprint, _select
-
-log = logging.getLogger(__name__)
+from ..order import block_permutation, window_permutation
+from ..spec import Source
+from .base import fingerprint, select_columns
 
 __all__ = ["StreamStore", "StreamWindows"]
 
@@ -33,6 +30,8 @@ class StreamStore:
     """A ``datasets.IterableDataset`` read shard by shard, as arrow tables."""
 
     random_access = False
+    # Reopened in each process: a stream's file and HTTP handles are not shared across a fork.
+    fork_safe = False
 
     def __init__(self, source: Source) -> None:
         kwargs = dict(source.load_kwargs)
@@ -50,12 +49,11 @@ class StreamStore:
         self.num_shards = ids.num_shards
         self.features: Optional[datasets.Features] = ids.features
         if self.features is not None:
-            self.features = _select(self.features, source.columns, self.where)
+            self.features = select_columns(self.features, source.columns, self.where)
         splits = (ids.info.splits or {}) if ids.info else {}
         info = splits.get(source.split) if hasattr(splits, "get") else None
         self.num_rows: Optional[int] = info.num_examples if info is not None and info.num_examples else None
-        self.block_lengths = None
-        self.fingerprint = _fingerprint([source.path, source.name, str(source.data_files), source.split, self.num_shards])
+        self.fingerprint = fingerprint([source.path, source.name, str(source.data_files), source.split, self.num_shards])
         # datasets' arrow batching breaks on webdataset shards whose samples list columns in
         # different orders; those are read as python rows (undecoded) and put back into arrow.
         builder = getattr(ids.info, "builder_name", None) if ids.info else None

@@ -1,0 +1,132 @@
+"""Stores read the rows of a :class:`~lightning_stream.spec.Source` or a :class:`~lightning_stream.spec.Mix`.
+
+:func:`open_store` is the only factory; it picks the kind from the spec:
+
+- :class:`ArrowStore` for a ``save_to_disk`` folder or ``arrow`` files (memory-mapped ``datasets``
+  objects, rows fetched by index);
+- :class:`ParquetStore` for ``parquet`` files, or a hub id / local repo that ``datasets``
+  resolves to parquet (row counts from the footers, rows fetched by reading their row group);
+- :class:`MixtureStore` for a :class:`~lightning_stream.spec.Mix` of random-access sources;
+- :class:`StreamStore` for everything else: hub ids with ``streaming=True``, json, csv,
+  webdataset... read front to back.
+
+Random-access stores know their row count and block sizes up front; that is what makes the
+length, the even split over ranks and an O(1) resume possible. The protocols below are the
+whole contract a new kind has to keep.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Optional, Protocol, Union
+
+import numpy as np
+import pyarrow as pa
+
+import datasets
+
+from ..spec import Mix, Source
+from .arrow import ArrowStore
+from .base import fingerprint, gather, select_columns
+from .mixture import MixtureStore
+from .parquet import ParquetStore
+from .resolve import STREAM_BUILDERS, builder_of, parquet_repo_files
+from .stream import StreamStore, StreamWindows
+
+__all__ = [
+    "ArrowStore",
+    "MixtureStore",
+    "Order",
+    "ParquetStore",
+    "RandomAccessStore",
+    "SequentialStore",
+    "Store",
+    "StreamStore",
+    "StreamWindows",
+    "fingerprint",
+    "gather",
+    "open_store",
+    "select_columns",
+]
+
+
+class Store(Protocol):
+    """What every store knows about its rows, whichever way they are read."""
+
+    features: Optional[datasets.Features]
+    """The columns and their ``datasets`` types (None for a stream until its first rows)."""
+    num_rows: Optional[int]
+    """Rows in the source (None for a stream of unknown length)."""
+    fingerprint: str
+    """A short hash of what the rows are; a checkpoint refuses to resume on other rows."""
+    where: str
+    """The source as a person would name it, for messages."""
+    random_access: bool
+    """True for a :class:`RandomAccessStore`, False for a :class:`SequentialStore`."""
+    fork_safe: bool
+    """Whether a forked worker may keep using the parent's store instead of opening its own."""
+
+    def describe(self, row: int) -> str:
+        """Where ``row`` comes from (file and row in it), for error messages."""
+        ...
+
+
+class Order(Protocol):
+    """One epoch's order: epoch positions -> rows of the store."""
+
+    num_rows: int
+    """Positions in the epoch."""
+
+    def rows(self, positions: np.ndarray) -> np.ndarray:
+        """The store rows at ``positions``."""
+        ...
+
+
+class RandomAccessStore(Store, Protocol):
+    """A store that fetches rows by index.
+
+    Arrow stores may also have ``take_arrays(rows) -> (pa.Table | None, dict[str, np.ndarray])``,
+    an optional fast path that returns numeric columns as numpy; callers fall back to ``take``.
+    """
+
+    block_lengths: list[int]
+    """Rows of each contiguous block, in source order (row groups, or slices of arrow files)."""
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        """The rows at indices ``rows``, in that order."""
+        ...
+
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, **kw: Any) -> Order:
+        """The order of ``epoch``; extra keywords go to the order (a store may refuse them)."""
+        ...
+
+
+class SequentialStore(Store, Protocol):
+    """A store read front to back, shard by shard (:class:`StreamWindows` shuffles it)."""
+
+    num_shards: int
+    """Shards whose order is shuffled each epoch."""
+
+    def read_shard(self, index: int) -> Iterator[pa.Table]:
+        """The rows of shard ``index``, front to back, as arrow tables in ``features``' column order."""
+        ...
+
+
+def open_store(spec: Union[Source, Mix], *, cache_rows: int = 20_000) -> Union[RandomAccessStore, SequentialStore]:
+    """Open the store that reads ``spec``: random access where the format allows it.
+
+    ``cache_rows`` bounds the decoded parquet row groups kept per process.
+    """
+    if isinstance(spec, Mix):
+        return MixtureStore(spec, open_source=lambda s: open_store(s, cache_rows=cache_rows))
+    kind = builder_of(spec)
+    if not spec.streaming:
+        if kind in ("save_to_disk", "arrow"):
+            return ArrowStore(spec)
+        if kind == "parquet":
+            return ParquetStore(spec, cache_rows=cache_rows)
+        if kind is None and spec.path not in STREAM_BUILDERS:
+            files = parquet_repo_files(spec)
+            if files is not None:  # a hub or local parquet repo: random access by row group
+                return ParquetStore(spec, cache_rows=cache_rows, files=files)
+    return StreamStore(spec)
