@@ -74,6 +74,12 @@ class StreamingDataModule(pl.LightningDataModule):
             default) or ``"numpy"`` arrays (as after ``with_format("numpy")``: numeric columns and
             equal-length numeric lists become arrays without a Python object per value, which is
             several times faster for token ids). Decoded media columns stay lists either way.
+        lanes: how many contiguous runs (*lanes*) the training order is cut into; each lane is
+            read by one (rank, worker) reader, so every block is read once per epoch. Default:
+            ``world_size x num_workers`` when training starts; a checkpoint keeps its lanes, so a
+            resume on another topology keeps the same order. Pass a multiple of every reader
+            count you may resume on (e.g. 64) to keep reads at one per block after such a resume;
+            each reader then holds ``lanes / readers`` shuffle windows.
 
     Example:
         >>> dm = StreamingDataModule(
@@ -106,6 +112,7 @@ class StreamingDataModule(pl.LightningDataModule):
         strict_resume: bool = True,
         even: Literal["drop", "pad"] = "drop",
         batch_format: Literal["python", "numpy"] = "python",
+        lanes: Optional[int] = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -118,6 +125,8 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(f"seed must be >= 0, got {seed}")
         if batch_format not in ("python", "numpy"):
             raise ValueError(f"batch_format must be 'python' or 'numpy', got {batch_format!r}")
+        if lanes is not None and lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
         if even not in ("drop", "pad"):
             raise ValueError(f"even must be 'drop' or 'pad', got {even!r}")
         if on_error not in ("raise", "skip"):
@@ -144,6 +153,7 @@ class StreamingDataModule(pl.LightningDataModule):
         self.strict_resume = strict_resume
         self.even = even
         self.batch_format = batch_format
+        self.lanes = lanes
         self.train_loader: Optional[StreamingDataLoader] = None
         self._loaders: "weakref.WeakSet[StreamingDataLoader]" = weakref.WeakSet()
         self._pending_state: Optional[dict] = None
@@ -192,6 +202,8 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def _loader(self, source: Source, *, train: bool) -> StreamingDataLoader:
         rank, world_size = self._topology()
+        readers = world_size * max(1, self.num_workers)
+        windows_per_reader = -(-(self.lanes or readers) // readers) if train else 1
         options = _Options(
             batch_size=self.batch_size if train else self.val_batch_size,
             shuffle=self.shuffle if train else False,
@@ -201,7 +213,7 @@ class StreamingDataModule(pl.LightningDataModule):
             pipeline=self.pipeline,
             collate_fn=self.collate_fn,
             on_error=self.on_error,
-            cache_rows=2 * self.buffer_size,
+            cache_rows=2 * self.buffer_size * windows_per_reader,
             pad=self.even == "pad",
             evaluation=not train,
             batch_format=self.batch_format,
@@ -215,12 +227,20 @@ class StreamingDataModule(pl.LightningDataModule):
             prefetch_factor=self.prefetch_factor,
             epoch_fn=_weak(self._trainer_epoch) if train else _epoch_zero,
             max_skipped=self.max_skipped,
+            lanes=self.lanes if train else None,
         )
         self._report_layout(dataset, source)
         self._loaders.add(loader)
         return loader
 
     def _report_layout(self, dataset: StreamingDataset, source: Source) -> None:
+        readers = dataset.world_size * max(1, self.num_workers)
+        if not dataset.store.random_access and readers > 1:
+            rank_zero_warn(
+                f"lightning_stream: {source.path!r} is read as a stream, so each of the {readers} readers "
+                f"({dataset.world_size} ranks x {max(1, self.num_workers)} workers) reads all of it and keeps its own rows: "
+                f"reads grow {readers}x. Parquet or save_to_disk data (e.g. Dataset.to_parquet) is read once per epoch."
+            )
         layout = dataset.layout()
         if layout is None:
             rank_zero_info(f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total")

@@ -78,8 +78,8 @@ class StreamingDataset(IterableDataset):
 
     def __init__(self, source: Source, options: _Options, *, rank: int = 0, world_size: int = 1) -> None:
         self.source, self.options, self.rank, self.world_size = source, options, rank, world_size
-        # [epoch, start position]: written by the main process before each iteration.
-        self.control = torch.zeros(2, dtype=torch.int64).share_memory_()
+        # [epoch, start position, lanes]: written by the main process before each iteration.
+        self.control = torch.tensor([0, 0, 1], dtype=torch.int64).share_memory_()
         self._store: Any = None
         self._store_pid: Optional[int] = None
 
@@ -113,22 +113,23 @@ class StreamingDataset(IterableDataset):
             raise TypeError(f"the length of {self.store.where} is unknown until it has been read (a stream)")
         return layout.num_steps
 
-    def set_position(self, epoch: int, start: int) -> None:
+    def set_position(self, epoch: int, start: int, lanes: int = 1) -> None:
         self.control[0] = epoch
         self.control[1] = start
+        self.control[2] = lanes
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[BatchHeader, Any]]:
-        epoch, start = (int(x) for x in self.control.tolist())
+        epoch, start, lanes = (int(x) for x in self.control.tolist())
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         o = self.options
         store = self.store
         if store.random_access:
             layout = self.layout(start)
-            order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
+            order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size)
             for step in range(worker, layout.num_steps, num_workers):
-                a, b = layout.batch_range(step, self.rank)
+                a, b = layout.batch_range(step, self.rank, num_workers)
                 positions = np.arange(a, b)
                 rows = order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
                 yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))

@@ -81,6 +81,7 @@ class StreamingDataLoader(StatefulDataLoader):
         multiprocessing_context: Any = None,
         epoch_fn: Optional[Callable[[], int]] = None,
         max_skipped: Optional[float] = None,
+        lanes: Optional[int] = None,
     ) -> None:
         super().__init__(
             dataset,
@@ -96,6 +97,7 @@ class StreamingDataLoader(StatefulDataLoader):
         )
         self.epoch_fn = epoch_fn
         self.max_skipped = max_skipped
+        self.lanes = self._choose_lanes(lanes)
         self.acked_externally = False
         self._epoch = 0
         self._explicit_epoch = False
@@ -113,6 +115,32 @@ class StreamingDataLoader(StatefulDataLoader):
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self._iterator = None
+
+    # -- lanes ----------------------------------------------------------------------------------------
+    @property
+    def readers(self) -> int:
+        """Processes that read this loader's data on all ranks: ``world_size x num_workers``."""
+        return self.dataset.world_size * max(1, self.num_workers)
+
+    def _choose_lanes(self, lanes: Optional[int]) -> int:
+        ds = self.dataset
+        if ds.options.evaluation or not ds.store.random_access:
+            return 1  # evaluation reads contiguous runs; streams deal shards, not lanes
+        if lanes is None:
+            return self.readers
+        if lanes < 1:
+            raise ValueError(f"lanes must be >= 1, got {lanes}")
+        self._warn_if_lanes_split(lanes, "lanes")
+        return lanes
+
+    def _warn_if_lanes_split(self, lanes: int, what: str) -> None:
+        if lanes % self.readers:
+            log.warning(
+                "%s=%d is not a multiple of the %d readers (%d ranks x %d workers): the order stays exact, but some "
+                "lanes are read by several readers, so blocks of %s are read more than once per epoch. Keep "
+                "world_size x num_workers a divisor of %d to read each block once.",
+                what, lanes, self.readers, self.dataset.world_size, max(1, self.num_workers), self.dataset.store.where, lanes,
+            )
 
     # -- epoch and length -------------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -140,7 +168,7 @@ class StreamingDataLoader(StatefulDataLoader):
             if pending["epoch"] == epoch:
                 start, steps_before = pending["position"], pending["steps"]
             self._pending = None
-        self.dataset.set_position(epoch, start)
+        self.dataset.set_position(epoch, start, self.lanes)
         self._progress = {"epoch": epoch, "start": start, "steps_before": steps_before, "steps": 0}
         self._awaiting.clear()
         self.stats = _EpochStats()
@@ -221,6 +249,7 @@ class StreamingDataLoader(StatefulDataLoader):
             "seed": o.seed,
             "shuffle": o.shuffle,
             "window": o.window,
+            "lanes": self.lanes,
             "batch_size": o.batch_size,
             "world_size": ds.world_size,
         }
@@ -230,6 +259,11 @@ class StreamingDataLoader(StatefulDataLoader):
         if not state_dict:
             return
         check_state(state_dict, self.state_dict(), strict=strict)
+        lanes = int(state_dict.get("lanes", 1))  # version 1 had one lane
+        if lanes != self.lanes and not self.dataset.options.evaluation and self.dataset.store.random_access:
+            # The order keeps the lanes it started with, whatever the topology now.
+            self._warn_if_lanes_split(lanes, "the checkpoint's lanes")
+            self.lanes = lanes
         self._pending = dict(state_dict)
         self._progress = None
         layout = self.dataset.layout(min(int(state_dict["position"]), self.dataset.num_rows or 0))

@@ -11,12 +11,16 @@ and counted. Every rank therefore takes exactly the same number of steps, and at
 With ``pad=True`` no row is dropped: ranks left without a row in the last step get a copy of one
 of the epoch's first rows instead (positions past the end wrap around).
 
-Evaluation uses :class:`EvalLayout` instead: every row exactly once, equal step counts, batch
-sizes differing by at most one, so metrics over a validation run are exact on any world size.
-
 Inside a rank, local batch ``i`` is made by DataLoader worker ``i % num_workers``; the
 DataLoader's in-order round robin then hands the batches back as ``0, 1, 2, ...`` whatever the
-number of workers.
+number of workers. Global step ``s`` thus gives rank ``r`` the ``(s * world_size + r)``-th batch
+of the epoch, made by worker ``s % num_workers``: with an epoch order of ``world_size x
+num_workers`` lanes interleaved batch by batch (``order.py``), every batch of a lane goes to the
+same (rank, worker) reader, which reads that lane's blocks and no others.
+
+Evaluation uses :class:`EvalLayout` instead: every row exactly once, equal step counts, batch
+sizes differing by at most one, so metrics over a validation run are exact on any world size.
+Each rank reads a contiguous run, cut into one contiguous piece per worker.
 """
 
 from __future__ import annotations
@@ -83,8 +87,9 @@ class Layout:
         """Rows repeated in the last step so that every rank has one (``pad=True``)."""
         return max(0, self.start + self.full_steps * self.step_rows + self.tail_rows - self.num_rows)
 
-    def batch_range(self, step: int, rank: int) -> tuple[int, int]:
-        """Epoch positions ``[a, b)`` of ``rank``'s batch at global ``step``."""
+    def batch_range(self, step: int, rank: int, num_workers: int = 1) -> tuple[int, int]:
+        """Epoch positions ``[a, b)`` of ``rank``'s batch at global ``step`` (any worker's: the
+        order's lanes, not this split, keep a worker's batches together)."""
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         if step < self.full_steps:
@@ -132,7 +137,12 @@ class EvalLayout:
         start = rank * q + min(rank, r)
         return start, q + (1 if rank < r else 0)
 
-    def batch_range(self, step: int, rank: int) -> tuple[int, int]:
+    def batch_range(self, step: int, rank: int, num_workers: int = 1) -> tuple[int, int]:
+        """Positions ``[a, b)`` of ``rank``'s batch at ``step``.
+
+        The rank's run is cut into one contiguous piece per worker (worker ``k`` makes the steps
+        ``k, k + num_workers, ...``), so each block is read by one worker, not by all of them.
+        """
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         first, n = self._rank_rows(rank)
@@ -142,5 +152,15 @@ class EvalLayout:
                 f"evaluation batch {step} of rank {rank} would be empty: {self.num_rows} rows are too few "
                 f"for {self.num_steps} steps on {self.world_size} ranks; lower the batch size"
             )
-        a = first + step * q + min(step, r)
+
+        k = max(1, num_workers)
+
+        def made(worker: int, below: int) -> int:  # rows of ``worker``'s steps before step ``below``
+            def count(stop: int) -> int:
+                return max(0, -(-(stop - worker) // k))
+
+            return q * count(below) + count(min(below, r))
+
+        worker = step % k
+        a = first + sum(made(j, self.num_steps) for j in range(worker)) + made(worker, step)
         return a, a + q + (1 if step < r else 0)

@@ -8,6 +8,12 @@ and a position clipped to the new data.
 
 Version history:
     1: epoch, position, steps, num_rows, fingerprint, seed, shuffle, window, batch_size, world_size.
+    2: adds ``lanes``, the number of lanes the epoch order is cut into (``order.py``). It is chosen
+       when training starts and kept by every resume, so the order stays the same on another
+       topology. A version-1 state resumes with one lane: the order it was written with.
+
+``batch_size`` and ``world_size`` are written for diagnosis; ``batch_size`` must also match when
+there are several lanes, since the lanes interleave batch by batch.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ __all__ = ["STATE_VERSION", "StateMismatchError", "check_state"]
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 _REQUIRED = ("version", "epoch", "position", "steps")
 # Keys whose difference means the saved position points into another sequence of rows.
 _MUST_MATCH = {
@@ -29,6 +35,8 @@ _MUST_MATCH = {
     "shuffle": "the shuffle setting",
     "window": "the shuffle window (buffer_size)",
 }
+# Keys that must match only when the saved order has several lanes.
+_MUST_MATCH_WITH_LANES = {"batch_size": "the batch size (the lanes interleave batch by batch)"}
 
 
 class StateMismatchError(ValueError):
@@ -45,9 +53,10 @@ def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool 
             f"the checkpoint's loader state has version {version}, newer than this lightning_stream's {STATE_VERSION}; "
             "upgrade lightning_stream to resume from it"
         )
+    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.get("lanes", 1) > 1 else {})}
     diffs = [
         f"{what}: checkpoint has {saved[key]!r}, now {current[key]!r}"
-        for key, what in _MUST_MATCH.items()
+        for key, what in keys.items()
         if key in saved and saved[key] != current.get(key)
     ]
     if not diffs:

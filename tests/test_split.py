@@ -43,3 +43,20 @@ def test_bad_arguments():
         Layout(10, 11, 2)
     with pytest.raises(ValueError):
         Layout(10, 0, 0)
+
+
+@pytest.mark.parametrize("num_rows,batch,world,workers", [(1001, 10, 2, 3), (64, 8, 1, 2), (997, 16, 4, 4), (50, 10, 1, 8)])
+def test_evaluation_splits_each_rank_run_over_workers_in_contiguous_pieces(num_rows, batch, world, workers):
+    from lightning_stream.split import EvalLayout
+
+    lay = EvalLayout(num_rows, batch, world)
+    seen = []
+    for rank in range(world):
+        for worker in range(workers):
+            ranges = [lay.batch_range(s, rank, workers) for s in range(worker, lay.num_steps, workers)]
+            for (a, b), (c, _) in zip(ranges, ranges[1:]):
+                assert b == c  # a worker's batches follow each other: it reads its piece once
+            seen.extend(i for a, b in ranges for i in range(a, b))
+        sizes = [lay.batch_range(s, rank, workers)[1] - lay.batch_range(s, rank, workers)[0] for s in range(lay.num_steps)]
+        assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert sorted(seen) == list(range(num_rows))

@@ -18,7 +18,7 @@ whole contract a new kind has to keep.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Optional, Protocol, Union
+from typing import Optional, Protocol, Union
 
 import numpy as np
 import pyarrow as pa
@@ -96,8 +96,8 @@ class RandomAccessStore(Store, Protocol):
         """The rows at indices ``rows``, in that order."""
         ...
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, **kw: Any) -> Order:
-        """The order of ``epoch``; extra keywords go to the order (a store may refuse them)."""
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> Order:
+        """The order of ``epoch`` cut into ``lanes`` read batch by batch (``order.py``)."""
         ...
 
 

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Any, Optional
+from typing import Optional
 
 import numpy as np
 import pyarrow as pa
@@ -60,6 +60,6 @@ class BlockStore:
 
     block_lengths: list[int]
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, **kw: Any) -> EpochOrder:
-        """The order of ``epoch``: blocks shuffled, then rows inside windows of ``window`` rows."""
-        return EpochOrder(self.block_lengths, seed=seed, epoch=epoch, shuffle=shuffle, window=window, **kw)
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> EpochOrder:
+        """The order of ``epoch``: blocks shuffled, cut into ``lanes``, rows shuffled in windows of each lane."""
+        return EpochOrder(self.block_lengths, seed=seed, epoch=epoch, shuffle=shuffle, window=window, lanes=lanes, batch_size=batch_size)

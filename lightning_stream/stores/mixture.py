@@ -11,20 +11,21 @@ exact and cheap:
 - ``all_exhausted``: ``L = max_i(n_i / p_i)`` rows, every row of every source at least once
   (smaller sources are cycled, in the same epoch order).
 
-Each source keeps its own epoch order (``order.py``); the interleaving is drawn from
-``rng(seed, epoch)``. The interleaving costs about 9 bytes per mixture row per worker.
+The order itself (each source's own epoch order, cut into the same lanes, interleaved per lane)
+is :class:`~lightning_stream.order.MixtureOrder`. The interleaving costs about 9 bytes per
+mixture row of each lane a worker reads.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
-from ..order import EpochOrder
+from ..order import MixtureOrder
 from ..spec import Mix, Source, as_source
 from .base import fingerprint, gather
 
@@ -33,9 +34,7 @@ if TYPE_CHECKING:  # the contract only; the factory that imports this module pas
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MixtureOrder", "MixtureStore", "mixture_counts"]
-
-_MIX_DOMAIN = 0x313F
+__all__ = ["MixtureStore", "mixture_counts"]
 
 
 def mixture_counts(sizes: list[int], probabilities: list[float], strategy: str) -> list[int]:
@@ -50,36 +49,6 @@ def mixture_counts(sizes: list[int], probabilities: list[float], strategy: str) 
     else:
         counts = np.where(active, np.maximum(np.ceil(p * total - 1e-9), n), 0)
     return [int(c) for c in counts]
-
-
-class MixtureOrder:
-    """Epoch positions of a mixture -> rows of the concatenated sources."""
-
-    def __init__(self, store: "MixtureStore", *, seed: int, epoch: int, shuffle: bool, window: int) -> None:
-        counts = store.counts
-        labels = np.repeat(np.arange(len(counts), dtype=np.int8), counts)
-        np.random.default_rng(np.random.SeedSequence([seed, epoch, _MIX_DOMAIN])).shuffle(labels)
-        self._labels = labels
-        self._index = np.empty(len(labels), dtype=np.int64)
-        for i in range(len(counts)):
-            where = np.nonzero(labels == i)[0]
-            self._index[where] = np.arange(len(where))
-        self._orders = [
-            EpochOrder(s.block_lengths, seed=seed + 1 + i, epoch=epoch, shuffle=shuffle, window=window) for i, s in enumerate(store.stores)
-        ]
-        self._offsets = store.offsets
-        self._sizes = [s.num_rows for s in store.stores]
-        self.num_rows = len(labels)
-
-    def rows(self, positions: np.ndarray) -> np.ndarray:
-        src = self._labels[positions]
-        idx = self._index[positions]
-        out = np.empty(len(positions), dtype=np.int64)
-        for i in np.unique(src):
-            sel = src == i
-            own = self._orders[int(i)].rows(idx[sel] % self._sizes[int(i)])  # all_exhausted cycles
-            out[sel] = self._offsets[int(i)] + own
-        return out
 
 
 class MixtureStore:
@@ -121,8 +90,10 @@ class MixtureStore:
         self.fingerprint = fingerprint([[s.fingerprint for s in self.stores], probs, mix.stopping_strategy])
         log.info("mixture per epoch: %s", ", ".join(f"{n}: {c} rows" for n, c in zip(self.names, self.counts)))
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, **kw: Any) -> MixtureOrder:
-        return MixtureOrder(self, seed=seed, epoch=epoch, shuffle=shuffle, window=window, **kw)
+    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> MixtureOrder:
+        return MixtureOrder(
+            [s.block_lengths for s in self.stores], self.counts, seed=seed, epoch=epoch, shuffle=shuffle, window=window, lanes=lanes, batch_size=batch_size
+        )
 
     def _source_of(self, rows: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.offsets, rows, side="right") - 1
