@@ -229,17 +229,18 @@ class StreamingDataModule(pl.LightningDataModule):
             max_skipped=self.max_skipped,
             lanes=self.lanes if train else None,
         )
-        self._report_layout(dataset, source)
+        self._report_layout(dataset, source, loader.lanes)
         self._loaders.add(loader)
         return loader
 
-    def _report_layout(self, dataset: StreamingDataset, source: Source) -> None:
-        readers = dataset.world_size * max(1, self.num_workers)
-        if not dataset.store.random_access and readers > 1:
+    def _report_layout(self, dataset: StreamingDataset, source: Source, lanes: int) -> None:
+        store, readers = dataset.store, dataset.world_size * max(1, self.num_workers)
+        if not store.random_access and readers > 1 and lanes == 1 and not dataset.options.evaluation:
             rank_zero_warn(
-                f"lightning_stream: {source.path!r} is read as a stream, so each of the {readers} readers "
-                f"({dataset.world_size} ranks x {max(1, self.num_workers)} workers) reads all of it and keeps its own rows: "
-                f"reads grow {readers}x. Parquet or save_to_disk data (e.g. Dataset.to_parquet) is read once per epoch."
+                f"lightning_stream: {source.path!r} is a stream of {store.num_shards} shard(s), fewer than its {readers} readers "
+                f"({dataset.world_size} ranks x {max(1, self.num_workers)} workers), so each reader reads all of it and keeps "
+                f"its own rows: reads grow {readers}x. Use at least {readers} files (or hub shards), or parquet / save_to_disk "
+                f"data (e.g. Dataset.to_parquet), to read each byte once per epoch."
             )
         layout = dataset.layout()
         if layout is None:

@@ -13,6 +13,7 @@ epochs.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -26,11 +27,12 @@ from datasets.features.features import decode_nested_example, require_decoding
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
+from .order import shard_lanes
 from .spec import Source
 from .split import EvalLayout, Layout
 from .stores import open_store
 from .stores.columns import is_list, numpy_view
-from .stores.stream import StreamWindows
+from .stores.stream import StreamStore, StreamWindows
 from .transfer import ByValue
 from .transforms import Pipeline
 
@@ -91,8 +93,10 @@ class StreamingDataset(IterableDataset):
         return self._store
 
     def __getstate__(self) -> dict:
-        # Workers reopen the store: file handles and caches do not cross processes.
-        return {**self.__dict__, "_store": None, "_store_pid": None}
+        # Workers reopen the store: file handles and caches do not cross processes. A stream's
+        # store travels (it reopens its stream itself), so its features are not inferred again.
+        keep = isinstance(self._store, StreamStore)
+        return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None}
 
     @property
     def num_rows(self) -> Optional[int]:
@@ -134,6 +138,9 @@ class StreamingDataset(IterableDataset):
                 rows = order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
                 yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))
             return
+        if lanes > 1:
+            yield from self._stream_lanes(store, epoch, start, lanes, worker, num_workers)
+            return
         windows = StreamWindows(store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window)
         step_rows = o.batch_size * self.world_size
         step = worker
@@ -150,6 +157,47 @@ class StreamingDataset(IterableDataset):
             a, b = layout.batch_range(step, self.rank)
             yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i))
             step += num_workers
+
+    def _stream_lanes(self, store: Any, epoch: int, start: int, lanes: int, worker: int, num_workers: int) -> Iterator[tuple[BatchHeader, Any]]:
+        """A stream whose shards are dealt to lanes: this worker reads only the lanes of its batches.
+
+        Step ``s`` of rank ``r`` is the epoch's batch ``g = start // batch_size + s * world_size + r``,
+        batch ``g // lanes`` of lane ``g % lanes``. A lane's length is known only once it has been
+        read, so lanes of unequal lengths leave holes: batches whose lane has run out. One rank
+        skips them (an empty step, so positions keep their meaning) until all its lanes are done.
+        Several ranks must take the same number of steps, so there the epoch ends at the first
+        hole: this worker stops, and the loaders of all ranks agree on that step
+        (``StreamingDataLoader``); the rows the longer lanes still had are not used.
+        """
+        o = self.options
+        shards = shard_lanes(store.num_shards, lanes, seed=o.seed, epoch=epoch, shuffle=o.shuffle)
+        first = start // o.batch_size
+
+        def lane_of(step: int) -> tuple[int, int]:
+            g = first + step * self.world_size + self.rank
+            return g % lanes, (g // lanes) * o.batch_size
+
+        mine = {lane_of(step)[0] for step in range(worker, worker + num_workers * lanes, num_workers)}
+        readers: dict[int, StreamWindows] = {}
+        ended: set[int] = set()
+        for step in itertools.count(worker, num_workers):
+            lane, a = lane_of(step)
+            windows = readers.get(lane)
+            if windows is None:
+                windows = readers[lane] = StreamWindows(
+                    store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, shards=shards[lane].tolist(), lane=lane
+                )
+            b = a + o.batch_size
+            if not windows.available(b - 1):
+                b = windows.num_rows if windows.available(a) and not o.drop_last else a
+            if b > a:
+                yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a, lane=lane: f"{store.where} (lane {lane} row {a + i})")
+                continue
+            ended.add(lane)
+            if self.world_size > 1 or ended >= mine:
+                return
+            hole = (BatchHeader(step=step, rows_read=0, rows_out=0), None)
+            yield ByValue(hole) if get_worker_info() is not None else hole
 
     def _take(self, store: Any, rows: np.ndarray) -> "_Rows":
         take_arrays = getattr(store, "take_arrays", None)

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["EpochOrder", "Lanes", "MixtureOrder", "block_permutation", "lane_sizes", "window_permutation"]
+__all__ = ["EpochOrder", "Lanes", "MixtureOrder", "block_permutation", "lane_sizes", "shard_lanes", "window_permutation"]
 
 # Keep the window and mixture streams of an epoch apart from its block-order stream.
 _WINDOW_DOMAIN = 0x5EED
@@ -56,6 +56,13 @@ def lane_sizes(num_rows: int, lanes: int) -> np.ndarray:
         raise ValueError(f"lanes must be >= 1, got {lanes}")
     q, r = divmod(num_rows, lanes)
     return np.array([q + (1 if lane < r else 0) for lane in range(lanes)], dtype=np.int64)
+
+
+def shard_lanes(num_shards: int, lanes: int, *, seed: int, epoch: int, shuffle: bool) -> list[np.ndarray]:
+    """The shards of each lane of a stream: the epoch's shard order cut into ``lanes`` runs of
+    nearly equal shard counts (a stream's row counts are not known before it is read)."""
+    perm = block_permutation(num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
+    return np.split(perm, np.cumsum(lane_sizes(num_shards, lanes))[:-1])
 
 
 class Lanes:

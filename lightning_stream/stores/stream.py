@@ -1,16 +1,18 @@
 """Sources read front to back: hub ids with ``streaming=True``, json(.gz), csv, webdataset...
 
 The epoch order has the same shape as for random-access sources (``order.py``): shard order
-shuffled with ``rng(seed, epoch)``, then rows shuffled inside fixed windows of the concatenated
-stream. Because a window is a pure function of the stream, a resume rebuilds it by reading
-instead of storing the buffered rows in the checkpoint: the checkpoint stays a few integers and
-the shuffle is exact. The price is that resuming at position ``p`` reads (without decoding or
-transforming) the ``p`` rows before it.
+shuffled with ``rng(seed, epoch)`` and cut into lanes of whole shards (``shard_lanes``), then
+rows shuffled inside fixed windows of each lane, lanes interleaved batch by batch. Each reader
+reads only its lanes' shards. Because a window is a pure function of the stream, a resume
+rebuilds it by reading instead of storing the buffered rows in the checkpoint: the checkpoint
+stays a few integers and the shuffle is exact. The price is that resuming at batch ``j`` of a
+lane reads (without decoding or transforming) the lane's rows before it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterator, Sequence
 from typing import Optional
 
 import pyarrow as pa
@@ -24,29 +26,33 @@ from .base import fingerprint, select_columns
 __all__ = ["StreamStore", "StreamWindows"]
 
 _READ_ROWS = 1000
+_INFER_BYTES = 1 << 20
 
 
 class StreamStore:
     """A ``datasets.IterableDataset`` read shard by shard, as arrow tables."""
 
     random_access = False
-    # Reopened in each process: a stream's file and HTTP handles are not shared across a fork.
-    fork_safe = False
+    # A stream's file and HTTP handles are not shared across processes: each process reopens the
+    # stream itself (``_stream``), with the features found once, so that a worker does not read
+    # a file again to infer them (the json builder reads a whole chunk of the first file).
+    fork_safe = True
 
     def __init__(self, source: Source) -> None:
-        kwargs = dict(source.load_kwargs)
+        self._source = source
+        self._load_kwargs = dict(source.load_kwargs)
         for key in ("name", "data_files", "data_dir"):
             if getattr(source, key) is not None:
-                kwargs[key] = getattr(source, key)
-        try:
-            ids = datasets.load_dataset(source.path, split=source.split, streaming=True, **kwargs)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"Source(path={source.path!r}): {err}") from err
-        if source.columns is not None:
-            ids = ids.select_columns(source.columns)
-        self._ids = ids
+                self._load_kwargs[key] = getattr(source, key)
+        if source.path == "json":
+            # The json builder infers the features from its first chunk (10 MB by default) in every
+            # process that opens it; 1 MB still holds ~thousands of rows.
+            self._load_kwargs.setdefault("chunksize", _INFER_BYTES)
+        self._ids: Optional[datasets.IterableDataset] = None
+        ids = self._stream()
         self.where = source.path if source.data_files is None else f"{source.path}:{source.data_files}"
         self.num_shards = ids.num_shards
+        self._inferred = ids.features
         self.features: Optional[datasets.Features] = ids.features
         if self.features is not None:
             self.features = select_columns(self.features, source.columns, self.where)
@@ -59,8 +65,26 @@ class StreamStore:
         builder = getattr(ids.info, "builder_name", None) if ids.info else None
         self._arrow = source.path != "webdataset" and builder != "webdataset"
 
+    def _stream(self) -> datasets.IterableDataset:
+        if self._ids is not None and self._pid == os.getpid():
+            return self._ids
+        kwargs = dict(self._load_kwargs)
+        if getattr(self, "_inferred", None) is not None and self._source.path == "json":
+            kwargs["features"] = self._inferred
+        try:
+            ids = datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"Source(path={self._source.path!r}): {err}") from err
+        if self._source.columns is not None:
+            ids = ids.select_columns(self._source.columns)
+        self._ids, self._pid = ids, os.getpid()
+        return ids
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_ids": None}
+
     def read_shard(self, index: int) -> Iterator[pa.Table]:
-        shard = self._ids.shard(num_shards=self.num_shards, index=index, contiguous=True)
+        shard = self._stream().shard(num_shards=self.num_shards, index=index, contiguous=True)
         if not self._arrow:
             schema = self.features.arrow_schema if self.features is not None else None
             for batch in shard.decode(False).iter(batch_size=_READ_ROWS):
@@ -77,11 +101,22 @@ class StreamStore:
 
 
 class StreamWindows:
-    """One epoch of a stream, cut into shuffled windows, read only as far as asked."""
+    """One epoch of a stream (or of one lane of it: ``shards``), cut into shuffled windows, read only as far as asked."""
 
-    def __init__(self, store: StreamStore, *, seed: int, epoch: int, shuffle: bool, window: int) -> None:
-        self.store, self.seed, self.epoch, self.shuffle, self.window = store, seed, epoch, shuffle, window
-        shards = block_permutation(store.num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
+    def __init__(
+        self,
+        store: StreamStore,
+        *,
+        seed: int,
+        epoch: int,
+        shuffle: bool,
+        window: int,
+        shards: Optional[Sequence[int]] = None,
+        lane: int = 0,
+    ) -> None:
+        self.store, self.seed, self.epoch, self.shuffle, self.window, self.lane = store, seed, epoch, shuffle, window, lane
+        if shards is None:  # the whole stream, in the epoch's shard order
+            shards = block_permutation(store.num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
         self._tables = (t for s in shards for t in store.read_shard(int(s)))
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
@@ -107,7 +142,7 @@ class StreamWindows:
         self._pending, self._pending_rows = ([tail], tail.num_rows) if tail.num_rows else ([], 0)
         w = self._next_window
         if self.shuffle:
-            head = head.take(pa.array(window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w)))
+            head = head.take(pa.array(window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w, lane=self.lane)))
         self._windows[w] = head
         self._next_window += 1
         if head.num_rows < self.window:
