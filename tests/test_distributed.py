@@ -116,3 +116,34 @@ def test_two_nodes_over_loopback_train_and_resume(tmp_path, data_dir):
         full = batches(tmp_path / "a", rank)
         assert len(full) == 32
         assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == full
+
+
+@pytest.fixture(scope="module")
+def four_shards(tmp_path_factory):
+    """1000 rows as four gzipped JSON-lines shards: as many shards as the 2 x 2 readers below."""
+    import gzip
+
+    root = tmp_path_factory.mktemp("four")
+    for i in range(4):
+        with gzip.open(root / f"part-{i}.jsonl.gz", "wt") as f:
+            f.write("".join(json.dumps({"id": j, "text": f"row {j}"}) + "\n" for j in range(i * 250, (i + 1) * 250)))
+    return str(root / "*.jsonl.gz")
+
+
+def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(tmp_path, four_shards):
+    """Each (rank, worker) reads one shard; the ranks agree where the epoch ends; a resume is exact."""
+    import torch
+
+    common = ["--train", four_shards, "--workers", 2, "--max-epochs", 2, "--batch-size", 16]
+    run(tmp_path / "a", *common)
+    run(tmp_path / "b", *common, "--max-steps", 10, "--ckpt-every", 10)
+    run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=10.ckpt")
+    state = torch.load(tmp_path / "b" / "ckpt" / "step=10.ckpt", weights_only=True)["StreamingDataModule"]["train"]
+    assert state["lanes"] == 4
+    r0, r1 = batches(tmp_path / "a", 0), batches(tmp_path / "a", 1)
+    assert len(r0) == len(r1) == 2 * 32  # 4 lanes of 250 rows: 16 batches each (15 x 16 + 10), 2 per step
+    for epoch in (0, 1):
+        ids = epoch_ids(r0, epoch) + epoch_ids(r1, epoch)
+        assert sorted(ids) == list(range(1000))
+    for rank in (0, 1):
+        assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == batches(tmp_path / "a", rank)

@@ -116,3 +116,50 @@ def test_stream_resume_is_exact(tmp_path, jsonl_dir, num_workers):
     for epoch in (0, 1):
         ids = [i for e, b in report.uninterrupted if e == epoch for i in b]
         assert sorted(ids) == list(range(1001))
+
+
+def loader_of(data_dir, **kw):
+    return StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=10, buffer_size=50, seed=4, **kw).train_dataloader()
+
+
+def test_lanes_are_kept_from_the_checkpoint_on_another_topology(data_dir, caplog):
+    """Written with 4 lanes (one process, 4 workers); resumed with 3 workers: same order, a warning about reads."""
+    full = [b["id"].tolist() for b in loader_of(data_dir, num_workers=4)]
+    first = loader_of(data_dir, num_workers=4)
+    it = iter(first)
+    head = [next(it)["id"].tolist() for _ in range(23)]
+    state = first.state_dict()
+    assert state["lanes"] == 4 and state["version"] == 2
+    resumed = loader_of(data_dir, num_workers=3)
+    with caplog.at_level("WARNING", logger="lightning_stream.loader"):
+        resumed.load_state_dict(state)
+    assert resumed.lanes == 4 and "not a multiple of the 3 readers" in caplog.text
+    assert head + [b["id"].tolist() for b in resumed] == full
+
+
+def test_a_version_1_state_resumes_with_one_lane(data_dir):
+    """Checkpoints written before lanes existed keep the order they were written with."""
+    full = [b["id"].tolist() for b in loader_of(data_dir, num_workers=0)]  # one reader: one lane, the old order
+    first = loader_of(data_dir, num_workers=0)
+    it = iter(first)
+    head = [next(it)["id"].tolist() for _ in range(31)]
+    state = {k: v for k, v in first.state_dict().items() if k != "lanes"}
+    state["version"] = 1
+    resumed = loader_of(data_dir, num_workers=2)  # would pick 2 lanes on its own
+    resumed.load_state_dict(state)
+    assert resumed.lanes == 1
+    assert head + [b["id"].tolist() for b in resumed] == full
+
+
+def test_another_batch_size_is_refused_when_lanes_interleave_by_batch(data_dir):
+    state = loader_of(data_dir, num_workers=2).state_dict()
+    other = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=12, buffer_size=50, seed=4, num_workers=2).train_dataloader()
+    with pytest.raises(StateMismatchError, match="batch size"):
+        other.load_state_dict(state)
+
+
+def test_explicit_lanes_cover_every_row_once_per_epoch(data_dir):
+    ids = [i for b in loader_of(data_dir, num_workers=2, lanes=8) for i in b["id"].tolist()]
+    assert sorted(ids) == list(range(1000))
+    with pytest.raises(ValueError, match="lanes"):
+        loader_of(data_dir, lanes=0)
