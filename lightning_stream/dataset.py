@@ -32,7 +32,7 @@ from .spec import Source
 from .split import EvalLayout, Layout
 from .stores import open_store
 from .stores.columns import is_list, numpy_view
-from .stores.stream import StreamStore, StreamWindows
+from .stores.stream import StreamWindows
 from .transfer import ByValue
 from .transforms import Pipeline
 
@@ -93,9 +93,10 @@ class StreamingDataset(IterableDataset):
         return self._store
 
     def __getstate__(self) -> dict:
-        # Workers reopen the store: file handles and caches do not cross processes. A stream's
-        # store travels (it reopens its stream itself), so its features are not inferred again.
-        keep = isinstance(self._store, StreamStore)
+        # File handles and caches do not cross processes: a portable store travels and opens its
+        # own there (so files are not listed, footers not read, features not inferred again);
+        # any other store is opened anew by the worker.
+        keep = self._store is not None and self._store.portable
         return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None}
 
     @property

@@ -65,6 +65,9 @@ class Store(Protocol):
     """True for a :class:`RandomAccessStore`, False for a :class:`SequentialStore`."""
     fork_safe: bool
     """Whether a forked worker may keep using the parent's store instead of opening its own."""
+    portable: bool
+    """Whether the store may be pickled to a worker, which then opens its own handles (no file
+    listing, footer or feature inference again); otherwise a worker opens the source anew."""
 
     def describe(self, row: int) -> str:
         """Where ``row`` comes from (file and row in it), for error messages."""

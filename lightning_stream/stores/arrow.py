@@ -33,6 +33,8 @@ class ArrowStore(BlockStore):
     random_access = True
     # A forked worker can keep using the parent's memory maps: no file handle or cache to unshare.
     fork_safe = True
+    # A spawned worker maps the files again rather than unpickling the tables.
+    portable = False
 
     def __init__(self, source: Source) -> None:
         if os.path.isdir(source.path):

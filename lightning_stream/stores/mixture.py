@@ -59,8 +59,6 @@ class MixtureStore:
     """
 
     random_access = True
-    # Reopened in each process, as its parquet sources are.
-    fork_safe = False
 
     def __init__(self, mix: Mix, *, open_source: Callable[[Source], Store]) -> None:
         if mix.stopping_strategy not in ("first_exhausted", "all_exhausted"):
@@ -80,6 +78,9 @@ class MixtureStore:
         for s, store in zip(sources[1:], self.stores[1:]):
             if list(store.features) != columns:
                 raise ValueError(f"Mix sources must have the same columns: {sources[0].path!r} has {columns}, {s.path!r} has {list(store.features)}")
+        # Holds nothing of its own per process: it travels as its sources do.
+        self.fork_safe = all(store.fork_safe for store in self.stores)
+        self.portable = all(store.portable for store in self.stores)
         self.names = [s.path if s.data_files is None else str(s.data_files) for s in sources]
         self.features = self.stores[0].features
         self.probabilities = probs

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from typing import Optional
 
@@ -27,21 +28,26 @@ class ParquetStore(BlockStore):
     """
 
     random_access = True
-    # Open file handles and the row-group cache belong to the process that made them.
-    fork_safe = False
+    # Another process (a forked or spawned worker) keeps the files and the parsed footers, and opens
+    # its own handles and row-group cache (``_local``): it reads no footer and lists no file again.
+    fork_safe = True
+    portable = True
 
     def __init__(self, source: Source, *, cache_rows: int = 20_000, files: Optional[list[str]] = None) -> None:
         self.files = files if files is not None else resolve_files(source)
         self.columns = source.columns
         self._storage_options = {k: v for k, v in source.load_kwargs.items() if k == "token"}
         self._handles: dict[int, pq.ParquetFile] = {}
+        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
+        self._pid = os.getpid()
+        self._footers: dict[int, pq.FileMetaData] = {}
         self.block_lengths: list[int] = []
         self._block_file: list[int] = []
         self._block_rg: list[int] = []
         self.file_rows: list[int] = []
         schema = None
         for i, f in enumerate(self.files):
-            meta = self._open(i).metadata
+            meta = self._footers[i] = self._open(i).metadata
             if schema is None:
                 schema = self._open(i).schema_arrow
             elif not self._open(i).schema_arrow.remove_metadata().equals(schema.remove_metadata()):
@@ -58,20 +64,28 @@ class ParquetStore(BlockStore):
         self.features = select_columns(datasets.Features.from_arrow_schema(schema), source.columns, self.files[0])
         self.where = ",".join(self.files)
         self.fingerprint = files_fingerprint(self.files, self.file_rows)
-        self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._cache_rows = cache_rows
 
+    def _local(self) -> None:
+        if self._pid != os.getpid():
+            self._handles, self._cache, self._pid = {}, OrderedDict(), os.getpid()
+
     def _open(self, i: int) -> pq.ParquetFile:
+        self._local()
         handle = self._handles.get(i)
         if handle is None:
+            footer = self._footers.get(i)
             try:
                 path = self.files[i]
-                if "://" in path:  # hf://, s3://...: fsspec reads the footer and row groups by range
+                if "://" in path:  # hf://, s3://, https://: fsspec reads the footer and row groups by range
                     import fsspec
 
-                    handle = pq.ParquetFile(fsspec.open(path, "rb", **self._storage_options).open())
+                    # No read-ahead cache: pyarrow asks for exactly the footer and the column chunks
+                    # of a row group, and fsspec's default 5 MB blocks would fetch other readers' groups.
+                    options = {"cache_type": "none", **self._storage_options}
+                    handle = pq.ParquetFile(fsspec.open(path, "rb", **options).open(), metadata=footer)
                 else:
-                    handle = pq.ParquetFile(path)
+                    handle = pq.ParquetFile(path, metadata=footer)
             except (pa.ArrowException, OSError) as err:
                 raise ValueError(f"cannot read parquet file {self.files[i]}: {err}") from err
             self._handles[i] = handle
@@ -82,6 +96,7 @@ class ParquetStore(BlockStore):
         return {**self.__dict__, "_handles": {}, "_cache": OrderedDict()}
 
     def _block(self, b: int) -> pa.Table:
+        self._local()
         table = self._cache.get(b)
         if table is not None:
             self._cache.move_to_end(b)

@@ -32,6 +32,10 @@ def resolve_files(source: Source) -> list[str]:
     base = source.data_dir or "."
     files: list[str] = []
     for pattern in patterns:
+        if "://" in pattern and not any(c in pattern for c in "*?["):
+            # A plain URL names one file: resolving it would list it over HTTP (a whole download).
+            files.append(pattern)
+            continue
         try:
             found = datasets.data_files.resolve_pattern(pattern, base_path=base)
         except FileNotFoundError as err:

@@ -37,6 +37,7 @@ class StreamStore:
     # stream itself (``_stream``), with the features found once, so that a worker does not read
     # a file again to infer them (the json builder reads a whole chunk of the first file).
     fork_safe = True
+    portable = True
 
     def __init__(self, source: Source) -> None:
         self._source = source
