@@ -21,11 +21,10 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Optional
 
-import torch
-import torch.distributed as dist
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .dataset import BatchHeader, StreamingDataset
+from .epoch_end import EpochEnd
 from .split import Layout
 from .state import STATE_VERSION, check_state
 
@@ -100,10 +99,8 @@ class StreamingDataLoader(StatefulDataLoader):
         self.epoch_fn = epoch_fn
         self.max_skipped = max_skipped
         self.lanes = self._choose_lanes(lanes)
-        self._group: Any = None
         self._ends_by_lane = False
-        self._next_step = 0
-        self.lane_dropped_rows = 0  # rows read but not trained when a stream's lanes ended unevenly
+        self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
         self.acked_externally = False
         self._epoch = 0
         self._explicit_epoch = False
@@ -182,8 +179,7 @@ class StreamingDataLoader(StatefulDataLoader):
         self.stats = _EpochStats()
         # One rank skips the holes of a stream's uneven lanes; several must agree where the epoch ends.
         self._ends_by_lane = not self.dataset.store.random_access and self.lanes > 1 and self.dataset.world_size > 1
-        self._next_step = 0
-        self.lane_dropped_rows = 0
+        self.epoch_end.reset()
         return super().__iter__()
 
     def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
@@ -213,34 +209,6 @@ class StreamingDataLoader(StatefulDataLoader):
                 f"first culprits: {self.stats.culprits}"
             )
 
-    def _agree_on_end(self, header: Optional[BatchHeader]) -> bool:
-        """Whether the epoch of a stream dealt to lanes ends here, the same answer on every rank.
-
-        A worker stops when the lane of its next batch has run out, so a missing step (or the
-        end of this rank's batches) means the epoch is over: every rank must stop at that step.
-        """
-        ok = header is not None and header.step == self._next_step
-        self._next_step += 1
-        if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([1 if ok else 0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._cpu_group())
-            ok = bool(flag.item())
-        if not ok and header is not None:
-            self.lane_dropped_rows += header.rows_read
-            log.info(
-                "%s: the epoch ends at step %d, where the first lane ran out; %d rows this rank had read were not used. "
-                "Shards of similar sizes keep this small.",
-                self.dataset.store.where, header.step, header.rows_read,
-            )
-        return not ok
-
-    def _cpu_group(self) -> Any:
-        # A one-integer collective on CPU tensors: the default group if it is gloo, else a gloo one,
-        # made once (every rank reaches the first batch of its train loader together).
-        if self._group is None:
-            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
-        return self._group
-
     def ack(self) -> None:
         """Mark the oldest yielded, unacknowledged batch as trained."""
         if self._awaiting and self._progress is not None:
@@ -256,7 +224,7 @@ class StreamingDataLoader(StatefulDataLoader):
         """Rows of the current epoch that no rank sees (to keep step counts even)."""
         start = self._progress["start"] if self._progress else 0
         layout = self.dataset.layout(start)
-        return layout.dropped_rows if layout is not None else self.lane_dropped_rows
+        return layout.dropped_rows if layout is not None else self.epoch_end.dropped_rows
 
     # -- state ------------------------------------------------------------------------------------
     def _layout(self, start: int) -> Layout:
@@ -335,7 +303,7 @@ class _LazyEpoch:
                 header, batch = next(self._it)
             except StopIteration:
                 if loader._ends_by_lane:
-                    loader._agree_on_end(None)
+                    loader.epoch_end.reached(None)
                 loader._finished()
                 raise
             except (RuntimeError, ConnectionError, EOFError) as err:
@@ -346,7 +314,7 @@ class _LazyEpoch:
                     f"a DataLoader worker reading {loader.dataset.store.where} died ({err}); a worker killed by a signal "
                     "is most often the out-of-memory killer: lower num_workers, batch_size or buffer_size"
                 ) from err
-            if loader._ends_by_lane and loader._agree_on_end(header):
+            if loader._ends_by_lane and loader.epoch_end.reached(header):
                 loader._finished()
                 raise StopIteration
             loader._on_batch(header, batch is not None)

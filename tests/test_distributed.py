@@ -147,3 +147,21 @@ def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(t
         assert sorted(ids) == list(range(1000))
     for rank in (0, 1):
         assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == batches(tmp_path / "a", rank)
+
+
+def test_stream_lanes_of_unequal_lengths_end_on_the_same_step_on_every_rank(tmp_path):
+    """Shards of 400/100/250/251 rows on 2 ranks x 2 workers: no hang, equal steps, no row twice."""
+    import gzip
+
+    sizes, start = (400, 100, 250, 251), 0
+    for i, n in enumerate(sizes):
+        with gzip.open(tmp_path / f"part-{i}.jsonl.gz", "wt") as f:
+            f.write("".join(json.dumps({"id": j}) + "\n" for j in range(start, start + n)))
+        start += n
+    run(tmp_path / "out", "--train", str(tmp_path / "*.jsonl.gz"), "--workers", 2, "--max-epochs", 2, "--batch-size", 16)
+    r0, r1 = batches(tmp_path / "out", 0), batches(tmp_path / "out", 1)
+    assert len(r0) == len(r1) > 0
+    for epoch in (0, 1):
+        ids = epoch_ids(r0, epoch) + epoch_ids(r1, epoch)
+        assert len(ids) == len(set(ids)) and set(ids) <= set(range(1001))
+        assert len(ids) >= 4 * 100 - 16  # at least every lane's rows up to the shortest lane's end

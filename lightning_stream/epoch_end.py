@@ -1,0 +1,63 @@
+"""Where the epoch of a stream dealt to lanes ends: the same step on every rank.
+
+A stream's shards are dealt to lanes (``order.shard_lanes``) before their lengths are known, so
+lanes end at different batches. One process skips the batches of lanes that have run out. Ranks
+must take the same number of steps, so there a worker stops at its first such batch, and before
+each step every rank says whether it has its batch: one ``all_reduce(MIN)`` of one integer, on
+CPU (the default group if it is gloo, else a gloo group made once). The epoch ends at the first
+step some rank lacks; the batches the other ranks had read for it are counted as dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+
+from .dataset import BatchHeader
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EpochEnd"]
+
+
+class EpochEnd:
+    """Per epoch: the next local step expected, and the rows read but left untrained at the end."""
+
+    def __init__(self, where: str, rank: int) -> None:
+        self.where, self.rank = where, rank
+        self.next_step = 0
+        self.dropped_rows = 0
+        self._group: Any = None
+
+    def reset(self) -> None:
+        self.next_step = 0
+        self.dropped_rows = 0
+
+    def reached(self, header: Optional[BatchHeader]) -> bool:
+        """True when the epoch ends instead of taking the step of ``header`` (None: no batch left)."""
+        ok = header is not None and header.step == self.next_step
+        self.next_step += 1
+        if dist.is_available() and dist.is_initialized():
+            flag = torch.tensor([1 if ok else 0])
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._cpu_group())
+            ok = bool(flag.item())
+        if ok:
+            return False
+        if header is not None:
+            self.dropped_rows += header.rows_read
+        if self.rank == 0:
+            log.warning(
+                "%s: the epoch ends at step %d, where the first lane of the stream ran out; the rows the longer lanes "
+                "still had are not used in this epoch (data/rows_dropped counts those already read). Shards of similar "
+                "sizes, as many as world_size x num_workers or a multiple, keep this small; lanes=1 uses every row.",
+                self.where, self.next_step - 1,
+            )
+        return True
+
+    def _cpu_group(self) -> Any:
+        if self._group is None:
+            self._group = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+        return self._group
