@@ -53,6 +53,8 @@ class BatchHeader:
     rows_read: int
     rows_out: int
     skipped: list[str] = field(default_factory=list)
+    # A stream lane's batch: (lane, k, row), the lane's shard its window begins in (a resume reads from there).
+    anchor: Optional[tuple[int, int, int]] = None
 
 
 @dataclass
@@ -84,6 +86,8 @@ class StreamingDataset(IterableDataset):
         self.control = torch.tensor([0, 0, 1], dtype=torch.int64).share_memory_()
         self._store: Any = None
         self._store_pid: Optional[int] = None
+        # (epoch, start, [[k, row] per lane]): where a resumed stream's lanes begin reading.
+        self.resume_anchors: Optional[tuple[int, int, list]] = None
 
     @property
     def store(self) -> Any:
@@ -173,6 +177,8 @@ class StreamingDataset(IterableDataset):
         o = self.options
         shards = shard_lanes(store.num_shards, lanes, seed=o.seed, epoch=epoch, shuffle=o.shuffle)
         first = start // o.batch_size
+        resumed = self.resume_anchors
+        anchors = resumed[2] if resumed is not None and resumed[:2] == (epoch, start) and len(resumed[2]) == lanes else None
 
         def lane_of(step: int) -> tuple[int, int]:
             g = first + step * self.world_size + self.rank
@@ -185,14 +191,16 @@ class StreamingDataset(IterableDataset):
             lane, a = lane_of(step)
             windows = readers.get(lane)
             if windows is None:
+                begin = tuple(anchors[lane]) if anchors is not None else (0, 0)
                 windows = readers[lane] = StreamWindows(
-                    store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, shards=shards[lane].tolist(), lane=lane
+                    store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, shards=shards[lane].tolist(), lane=lane, start=begin
                 )
             b = a + o.batch_size
             if not windows.available(b - 1):
                 b = windows.num_rows if windows.available(a) and not o.drop_last else a
             if b > a:
-                yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a, lane=lane: f"{store.where} (lane {lane} row {a + i})")
+                anchor = (lane, *windows.anchor(a // o.window))
+                yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a, lane=lane: f"{store.where} (lane {lane} row {a + i})", anchor)
                 continue
             ended.add(lane)
             if self.world_size > 1 or ended >= mine:
@@ -207,9 +215,9 @@ class StreamingDataset(IterableDataset):
         table, arrays = take_arrays(rows)
         return _Rows(table, arrays, len(rows))
 
-    def _make(self, step: int, rows: "_Rows", describe: Callable[[int], str]) -> Any:
+    def _make(self, step: int, rows: "_Rows", describe: Callable[[int], str], anchor: Optional[tuple[int, int, int]] = None) -> Any:
         batch, skipped = self._process(rows, describe)
-        header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped)
+        header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped, anchor=anchor)
         item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
         return ByValue(item) if get_worker_info() is not None else item
 

@@ -6,6 +6,9 @@ must take the same number of steps, so there a worker stops at its first such ba
 each step every rank says whether it has its batch: one ``all_reduce(MIN)`` of one integer, on
 CPU (the default group if it is gloo, else a gloo group made once). The epoch ends at the first
 step some rank lacks; the batches the other ranks had read for it are counted as dropped.
+
+The same collective carries each lane's resume anchor (``StreamWindows.anchor``), so the
+checkpoint rank 0 writes says where every rank's lanes resume reading.
 """
 
 from __future__ import annotations
@@ -30,20 +33,30 @@ class EpochEnd:
         self.where, self.rank = where, rank
         self.next_step = 0
         self.dropped_rows = 0
+        self.peer_anchors: Optional[list[list[int]]] = None
         self._group: Any = None
 
     def reset(self) -> None:
         self.next_step = 0
         self.dropped_rows = 0
+        self.peer_anchors = None
 
-    def reached(self, header: Optional[BatchHeader]) -> bool:
-        """True when the epoch ends instead of taking the step of ``header`` (None: no batch left)."""
+    def reached(self, header: Optional[BatchHeader], anchors: Optional[list[list[int]]] = None) -> bool:
+        """True when the epoch ends instead of taking the step of ``header`` (None: no batch left).
+
+        ``anchors`` (``[k, row]`` per lane, this rank's) are merged with the other ranks' into
+        :attr:`peer_anchors`.
+        """
         ok = header is not None and header.step == self.next_step
         self.next_step += 1
         if dist.is_available() and dist.is_initialized():
-            flag = torch.tensor([1 if ok else 0])
-            dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=self._cpu_group())
-            ok = bool(flag.item())
+            mine = [x for a in (anchors or []) for x in a]
+            # One MAX over [-ok, anchors...]: -max(-ok) is the MIN of ok; anchors only grow.
+            values = torch.tensor([-int(ok), *mine], dtype=torch.int64)
+            dist.all_reduce(values, op=dist.ReduceOp.MAX, group=self._cpu_group())
+            ok = values[0].item() == -1
+            merged = values[1:].tolist()
+            self.peer_anchors = [merged[i : i + 2] for i in range(0, len(merged), 2)] if anchors else None
         if ok:
             return False
         if header is not None:

@@ -106,7 +106,8 @@ class StreamingDataLoader(StatefulDataLoader):
         self._explicit_epoch = False
         self._pending: Optional[dict] = None
         self._progress: Optional[dict] = None
-        self._awaiting: deque[int] = deque()
+        self._awaiting: deque[tuple[int, Any]] = deque()  # (step, stream anchor) of yielded, untrained batches
+        self._anchors: Optional[list[list[int]]] = None  # a stream's lanes: [k, row] where each resumes reading
         self._len_hint: Optional[int] = None
         self.stats = _EpochStats()
         self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
@@ -180,6 +181,11 @@ class StreamingDataLoader(StatefulDataLoader):
         # One rank skips the holes of a stream's uneven lanes; several must agree where the epoch ends.
         self._ends_by_lane = not self.dataset.store.random_access and self.lanes > 1 and self.dataset.world_size > 1
         self.epoch_end.reset()
+        self._anchors = None
+        if not self.dataset.store.random_access and self.lanes > 1:
+            resumed = pending is not None and pending["epoch"] == epoch and pending.get("anchors")
+            self._anchors = [list(a) for a in resumed] if resumed else [[0, 0] for _ in range(self.lanes)]
+            self.dataset.resume_anchors = (epoch, start, self._anchors) if resumed else None
         return super().__iter__()
 
     def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
@@ -187,12 +193,12 @@ class StreamingDataLoader(StatefulDataLoader):
         if header.skipped and self.max_skipped is not None:
             self._check_skipped()
         if yielded:
-            self._awaiting.append(header.step)
+            self._awaiting.append((header.step, header.anchor))
             if not self.acked_externally:
                 self.ack()
         elif not self._awaiting and self._progress is not None:
             # An emptied batch (all rows filtered) right after acked ones is consumed too.
-            self._progress["steps"] = header.step + 1
+            self._trained(header.step, header.anchor)
 
     def _check_skipped(self) -> None:
         cap = self.max_skipped
@@ -212,7 +218,13 @@ class StreamingDataLoader(StatefulDataLoader):
     def ack(self) -> None:
         """Mark the oldest yielded, unacknowledged batch as trained."""
         if self._awaiting and self._progress is not None:
-            self._progress["steps"] = self._awaiting.popleft() + 1
+            self._trained(*self._awaiting.popleft())
+
+    def _trained(self, step: int, anchor: Optional[tuple[int, int, int]]) -> None:
+        self._progress["steps"] = step + 1
+        if anchor is not None and self._anchors is not None:
+            lane, k, row = anchor
+            self._anchors[lane] = [max(self._anchors[lane][0], k), max(self._anchors[lane][1], row)]
 
     def _finished(self) -> None:
         self._len_hint = None
@@ -260,7 +272,19 @@ class StreamingDataLoader(StatefulDataLoader):
             "lanes": self.lanes,
             "batch_size": o.batch_size,
             "world_size": ds.world_size,
+            **({"anchors": anchors} if (anchors := self._state_anchors()) is not None else {}),
         }
+
+    def _state_anchors(self) -> Optional[list[list[int]]]:
+        """Where each lane of a stream resumes reading: the shard its current window begins in."""
+        if self._progress is None:
+            return self._pending.get("anchors") if self._pending is not None else None
+        if self._anchors is None:
+            return None
+        peers = self.epoch_end.peer_anchors  # the other ranks' lanes, as of the last step
+        if peers is None:
+            return [list(a) for a in self._anchors]
+        return [[max(a[0], b[0]), max(a[1], b[1])] for a, b in zip(self._anchors, peers)]
 
     def load_state_dict(self, state_dict: dict[str, Any], *, strict: bool = True) -> None:
         """Resume from ``state_dict`` at the next iteration of its epoch."""
@@ -303,7 +327,7 @@ class _LazyEpoch:
                 header, batch = next(self._it)
             except StopIteration:
                 if loader._ends_by_lane:
-                    loader.epoch_end.reached(None)
+                    loader.epoch_end.reached(None, loader._anchors)
                 loader._finished()
                 raise
             except (RuntimeError, ConnectionError, EOFError) as err:
@@ -314,7 +338,7 @@ class _LazyEpoch:
                     f"a DataLoader worker reading {loader.dataset.store.where} died ({err}); a worker killed by a signal "
                     "is most often the out-of-memory killer: lower num_workers, batch_size or buffer_size"
                 ) from err
-            if loader._ends_by_lane and loader.epoch_end.reached(header):
+            if loader._ends_by_lane and loader.epoch_end.reached(header, loader._anchors):
                 loader._finished()
                 raise StopIteration
             loader._on_batch(header, batch is not None)

@@ -119,27 +119,29 @@ def test_two_nodes_over_loopback_train_and_resume(tmp_path, data_dir):
 
 
 @pytest.fixture(scope="module")
-def four_shards(tmp_path_factory):
-    """1000 rows as four gzipped JSON-lines shards: as many shards as the 2 x 2 readers below."""
+def eight_shards(tmp_path_factory):
+    """1000 rows as eight gzipped JSON-lines shards: two for each of the 2 x 2 readers below."""
     import gzip
 
-    root = tmp_path_factory.mktemp("four")
-    for i in range(4):
+    root = tmp_path_factory.mktemp("eight")
+    for i in range(8):
         with gzip.open(root / f"part-{i}.jsonl.gz", "wt") as f:
-            f.write("".join(json.dumps({"id": j, "text": f"row {j}"}) + "\n" for j in range(i * 250, (i + 1) * 250)))
+            f.write("".join(json.dumps({"id": j, "text": f"row {j}"}) + "\n" for j in range(i * 125, (i + 1) * 125)))
     return str(root / "*.jsonl.gz")
 
 
-def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(tmp_path, four_shards):
-    """Each (rank, worker) reads one shard; the ranks agree where the epoch ends; a resume is exact."""
+def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(tmp_path, eight_shards):
+    """Each (rank, worker) reads its two shards; the ranks agree where the epoch ends; a resume is
+    exact, and reads each lane from the shard its window begins in (each rank's, in rank 0's file)."""
     import torch
 
-    common = ["--train", four_shards, "--workers", 2, "--max-epochs", 2, "--batch-size", 16]
+    common = ["--train", eight_shards, "--workers", 2, "--max-epochs", 2, "--batch-size", 16]
     run(tmp_path / "a", *common)
-    run(tmp_path / "b", *common, "--max-steps", 10, "--ckpt-every", 10)
-    run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=10.ckpt")
-    state = torch.load(tmp_path / "b" / "ckpt" / "step=10.ckpt", weights_only=True)["StreamingDataModule"]["train"]
-    assert state["lanes"] == 4
+    run(tmp_path / "b", *common, "--max-steps", 20, "--ckpt-every", 20)
+    run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=20.ckpt")
+    state = torch.load(tmp_path / "b" / "ckpt" / "step=20.ckpt", weights_only=True)["StreamingDataModule"]["train"]
+    # 10 batches of 16 into each 250-row lane: the window of rows 128-191 begins in its 2nd shard.
+    assert state["lanes"] == 4 and state["anchors"] == [[1, 125]] * 4
     r0, r1 = batches(tmp_path / "a", 0), batches(tmp_path / "a", 1)
     assert len(r0) == len(r1) == 2 * 32  # 4 lanes of 250 rows: 16 batches each (15 x 16 + 10), 2 per step
     for epoch in (0, 1):

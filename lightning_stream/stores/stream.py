@@ -102,7 +102,14 @@ class StreamStore:
 
 
 class StreamWindows:
-    """One epoch of a stream (or of one lane of it: ``shards``), cut into shuffled windows, read only as far as asked."""
+    """One epoch of a stream (or of one lane of it: ``shards``), cut into shuffled windows, read only as far as asked.
+
+    Positions count the rows of the lane from 0. ``start=(k, row)`` begins reading at the lane's
+    ``k``-th shard, whose first row is ``row``: the windows before it are not read again. For
+    that, each window remembers its *anchor*, the shard its first row comes from
+    (:meth:`anchor`); a resume that starts from the anchor of the window it needs reads at most
+    that shard's rows before the window, and the window.
+    """
 
     def __init__(
         self,
@@ -114,34 +121,59 @@ class StreamWindows:
         window: int,
         shards: Optional[Sequence[int]] = None,
         lane: int = 0,
+        start: tuple[int, int] = (0, 0),
     ) -> None:
         self.store, self.seed, self.epoch, self.shuffle, self.window, self.lane = store, seed, epoch, shuffle, window, lane
         if shards is None:  # the whole stream, in the epoch's shard order
             shards = block_permutation(store.num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
-        self._tables = (t for s in shards for t in store.read_shard(int(s)))
+        first_shard, self._read = start
+        self._tables = self._read_from(list(shards), first_shard)
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         self._windows: dict[int, pa.Table] = {}
-        self._next_window = 0
+        self._anchors: dict[int, tuple[int, int]] = {}
+        self._shard_starts: list[tuple[int, int]] = []  # (k, row) of the shards begun, newest last
+        self._next_window = -(-self._read // window)  # the first window that starts at or after ``row``
+        self._skip = self._next_window * window - self._read  # rows of the start shard before that window
         self.num_rows: Optional[int] = None  # known once the stream has ended
+
+    def _read_from(self, shards: list[int], first: int) -> Iterator[pa.Table]:
+        for k in range(first, len(shards)):
+            self._shard_starts.append((k, self._read))
+            for table in self.store.read_shard(int(shards[k])):
+                self._read += table.num_rows
+                yield table
+
+    def anchor(self, w: int) -> tuple[int, int]:
+        """``(k, row)``: the lane's shard in which window ``w`` begins, and that shard's first row."""
+        return self._anchors[w]
 
     def _fill(self) -> bool:
         """Read the next window; False when the stream has ended."""
         if self.num_rows is not None:
             return False
-        while self._pending_rows < self.window:
+        w = self._next_window
+        while self._pending_rows < self.window + self._skip:
             table = next(self._tables, None)
             if table is None:
                 break
             self._pending.append(table)
             self._pending_rows += table.num_rows
+        if self._skip:
+            rows = pa.concat_tables(self._pending, promote_options="permissive") if len(self._pending) > 1 else self._pending[0]
+            rows = rows.slice(min(self._skip, rows.num_rows))
+            self._pending, self._pending_rows, self._skip = [rows], rows.num_rows, 0
         if not self._pending_rows:
-            self.num_rows = self._next_window * self.window
+            self.num_rows = w * self.window
             return False
+        # The window begins in the last shard begun at or before its first row.
+        while len(self._shard_starts) > 1 and self._shard_starts[1][1] <= w * self.window:
+            self._shard_starts.pop(0)
+        self._anchors = {k: v for k, v in self._anchors.items() if k >= w - 1}
+        self._anchors[w] = self._shard_starts[0]
         rows = pa.concat_tables(self._pending, promote_options="permissive").combine_chunks() if len(self._pending) > 1 else self._pending[0]
         head, tail = rows.slice(0, self.window), rows.slice(self.window)
         self._pending, self._pending_rows = ([tail], tail.num_rows) if tail.num_rows else ([], 0)
-        w = self._next_window
         if self.shuffle:
             head = head.take(pa.array(window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w, lane=self.lane)))
         self._windows[w] = head
@@ -168,4 +200,3 @@ class StreamWindows:
                 raise RuntimeError(f"stream window {w} is no longer buffered (positions must move forward)")
             pieces.append(self._windows[w].slice(lo, hi - lo))
         return pa.concat_tables(pieces) if len(pieces) > 1 else pieces[0]
-
