@@ -10,7 +10,9 @@ Version history:
     1: epoch, position, steps, num_rows, fingerprint, seed, shuffle, window, batch_size, world_size.
     2: adds ``lanes``, the number of lanes the epoch order is cut into (``order.py``). It is chosen
        when training starts and kept by every resume, so the order stays the same on another
-       topology. A version-1 state resumes with one lane: the order it was written with.
+       topology. A version-1 state resumes with one lane: the order it was written with. For a
+       stream dealt to lanes, ``anchors`` (``[shard, row]`` per lane) says where each lane resumes
+       reading: the shard its current window begins in.
 
 ``batch_size`` and ``world_size`` are written for diagnosis; ``batch_size`` must also match when
 there are several lanes, since the lanes interleave batch by batch.
