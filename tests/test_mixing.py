@@ -48,11 +48,14 @@ def test_epoch_realises_the_mixture(three_sources, strategy):
         assert len({i // 1000 for i in ids[q * quarter:(q + 1) * quarter]}) == 3
 
 
-@pytest.mark.parametrize("strategy,num_workers", [("first_exhausted", 2), ("all_exhausted", 0)])
-def test_mixture_resume_is_exact(tmp_path, three_sources, strategy, num_workers):
+@pytest.mark.parametrize(
+    "strategy,num_workers,shuffle",
+    [("first_exhausted", 2, True), ("all_exhausted", 0, True), ("first_exhausted", 0, False), ("all_exhausted", 2, False)],
+)
+def test_mixture_resume_is_exact(tmp_path, three_sources, strategy, num_workers, shuffle):
     def make():
         mix = Mix([Source(path="parquet", data_files=p) for p in three_sources], probabilities=[0.5, 0.3, 0.2], stopping_strategy=strategy)
-        return StreamingDataModule(train=mix, batch_size=16, num_workers=num_workers, buffer_size=64, seed=8)
+        return StreamingDataModule(train=mix, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=64, seed=8)
 
     report = assert_resume_equivalent(make, stop_at_step=40, tmp_path=str(tmp_path), max_epochs=3)
     assert len(report.after_resume) > 0

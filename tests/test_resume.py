@@ -103,13 +103,14 @@ def test_loader_state_dict_without_trainer(data_dir):
     assert head + [b["id"].tolist() for b in resumed] == full
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("num_workers", [0, 2])
-def test_stream_resume_is_exact(tmp_path, jsonl_dir, num_workers):
+def test_stream_resume_is_exact(tmp_path, jsonl_dir, num_workers, shuffle):
     """gzipped JSON lines have no random access: the shuffle window is rebuilt by reading."""
 
     def make():
         src = Source(path="json", data_files=os.path.join(jsonl_dir, "*.jsonl.gz"))
-        return StreamingDataModule(train=src, batch_size=16, num_workers=num_workers, buffer_size=100, seed=2)
+        return StreamingDataModule(train=src, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=2)
 
     report = assert_resume_equivalent(make, stop_at_step=80, tmp_path=str(tmp_path), max_epochs=2)
     assert len(report.uninterrupted) == 2 * 63

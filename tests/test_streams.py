@@ -53,14 +53,17 @@ def wds_ids(batch):
     return {"id": [j["id"] for j in batch["json"]]}
 
 
+@pytest.mark.parametrize("shuffle", [True, False])
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("kind", ["csv", "webdataset", "repo-streaming", "repo"])
-def test_resume_is_exact_without_random_access(tmp_path, stream_dirs, kind, num_workers):
+def test_resume_is_exact_without_random_access(tmp_path, stream_dirs, kind, num_workers, shuffle):
     src = sources(stream_dirs)[kind]
 
     def make():
         transform = wds_ids if kind == "webdataset" else None
-        return StreamingDataModule(train=src, transform=transform, batch_size=16, num_workers=num_workers, buffer_size=100, seed=6)
+        return StreamingDataModule(
+            train=src, transform=transform, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=6
+        )
 
     report = assert_resume_equivalent(make, stop_at_step=20, tmp_path=str(tmp_path), max_epochs=2)  # 320 rows: past the first window
     for epoch in (0, 1):
