@@ -57,6 +57,7 @@ def test_worker_batches_equal_in_process_batches(tmp_path, num_workers):
 
     path = str(tmp_path / "ds")
     datasets.Dataset.from_dict({"id": list(range(40)), "ids": [[i] * 5 for i in range(40)]}).save_to_disk(path)
-    ref = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=0).train_dataloader()]
-    got = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=num_workers).train_dataloader()]
+    # The same lanes on both sides, so the same order (by default the lanes follow the readers).
+    ref = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=0, lanes=2).train_dataloader()]
+    got = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=num_workers, lanes=2).train_dataloader()]
     assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(ref, got))
