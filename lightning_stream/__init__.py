@@ -10,7 +10,7 @@ from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
-from .spec import Mix, Source
+from .spec import Mix, Remote, Source
 from .state import StateMismatchError
 from .transforms import Filter, Map
 
@@ -18,6 +18,7 @@ __all__ = [
     "Filter",
     "Map",
     "Mix",
+    "Remote",
     "RowError",
     "Source",
     "StateMismatchError",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
@@ -137,10 +138,13 @@ class StreamingDataset(IterableDataset):
         if store.random_access:
             layout = self.layout(start)
             order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size)
-            for step in range(worker, layout.num_steps, num_workers):
+
+            def rows_of(step: int) -> np.ndarray:
                 a, b = layout.batch_range(step, self.rank, num_workers)
                 positions = np.arange(a, b)
-                rows = order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
+                return order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
+
+            for step, rows in self._planned(store, range(worker, layout.num_steps, num_workers), rows_of):
                 yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))
             return
         if lanes > 1:
@@ -162,6 +166,25 @@ class StreamingDataset(IterableDataset):
             a, b = layout.batch_range(step, self.rank)
             yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i))
             step += num_workers
+
+    def _planned(self, store: Any, steps: range, rows_of: Callable[[int], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+        """``(step, rows)`` for each of ``steps``; a store that reads ahead is told the next batches' rows."""
+        if not getattr(store, "reads_ahead", False):
+            yield from ((step, rows_of(step)) for step in steps)
+            return
+        # A window's worth of this reader's batches (its row groups are needed together), and as many
+        # again as the store keeps requests in flight: the next window is fetched while this one is used.
+        depth = max(1, -(-(self.options.window + store.read_ahead_rows) // self.options.batch_size))
+        planned: deque[tuple[int, np.ndarray]] = deque()
+        upcoming = iter(steps)
+        for step in itertools.islice(upcoming, depth):
+            planned.append((step, rows_of(step)))
+        while planned:
+            store.read_ahead([rows for _, rows in planned])
+            yield planned.popleft()
+            step = next(upcoming, None)
+            if step is not None:
+                planned.append((step, rows_of(step)))
 
     def _stream_lanes(self, store: Any, epoch: int, start: int, lanes: int, worker: int, num_workers: int) -> Iterator[tuple[BatchHeader, Any]]:
         """A stream whose shards are dealt to lanes: this worker reads only the lanes of its batches.

@@ -10,10 +10,38 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["Mix", "Source", "as_source"]
+__all__ = ["Mix", "Remote", "Source", "as_source"]
 
 # Lives here, not with the file resolving in ``stores``: a plain string is parsed without I/O.
 _EXT_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tar": "webdataset"}
+
+
+@dataclass(frozen=True)
+class Remote:
+    """How remote files (``https://``, ``hf://``, ``s3://``... through fsspec) are read.
+
+    Args:
+        retries: tries per range request before giving up (transient failures only: 5xx, 429,
+            timeouts, resets; a 403 or 404 fails at once).
+        timeout: seconds to connect, and to wait between bytes of an answer, before a try fails.
+        give_up_after: seconds after which a request stops retrying, whatever ``retries`` says.
+        backoff: seconds before the first retry; doubled each time (with jitter), at most 30 s.
+        read_ahead: row groups each reader fetches ahead of use, as requests in flight at once
+            (0: none). They are the reader's next row groups in its lane's order.
+
+    Example:
+        >>> Source(path="parquet", data_files=urls, remote=Remote(retries=10, read_ahead=32))  # doctest: +SKIP
+    """
+
+    retries: int = 6
+    timeout: float = 30.0
+    give_up_after: float = 300.0
+    backoff: float = 0.5
+    read_ahead: int = 32
+
+    def __post_init__(self) -> None:
+        if self.retries < 1 or self.timeout <= 0 or self.give_up_after <= 0 or self.backoff < 0 or self.read_ahead < 0:
+            raise ValueError(f"Remote needs retries >= 1, timeout > 0, give_up_after > 0, backoff >= 0, read_ahead >= 0; got {self}")
 
 
 @dataclass
@@ -32,7 +60,10 @@ class Source:
         num_shards: for ``save_to_disk`` / arrow sources, the number of contiguous pieces whose
             order is shuffled each epoch (default: pieces of 128 rows).
         columns: read only these columns.
-        load_kwargs: extra keyword arguments for ``load_dataset`` (``revision``, ``token``...).
+        load_kwargs: extra keyword arguments for ``load_dataset`` (``revision``, ``token``,
+            ``storage_options``...); ``token`` and ``storage_options`` also reach fsspec for
+            remote parquet files.
+        remote: retries, timeouts and read-ahead for remote files (:class:`Remote`).
 
     Example:
         >>> Source(path="parquet", data_files="data/train-*.parquet")  # doctest: +ELLIPSIS
@@ -48,6 +79,11 @@ class Source:
     num_shards: Optional[int] = None
     columns: Optional[list[str]] = None
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    remote: Remote = field(default_factory=Remote)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.remote, dict):  # from YAML or a plain dict
+            self.remote = Remote(**self.remote)
 
 
 @dataclass

@@ -102,6 +102,21 @@ class MixtureStore:
     def take(self, rows: np.ndarray) -> pa.Table:
         return gather(self._source_of(rows), lambda i, sel: self.stores[i].take(rows[sel] - self.offsets[i]))
 
+    @property
+    def reads_ahead(self) -> bool:
+        return any(getattr(store, "reads_ahead", False) for store in self.stores)
+
+    @property
+    def read_ahead_rows(self) -> int:
+        return sum(getattr(store, "read_ahead_rows", 0) for store in self.stores if getattr(store, "reads_ahead", False))
+
+    def read_ahead(self, rows: list[np.ndarray]) -> None:
+        """Hand each source that reads ahead the rows of the next batches that are its own."""
+        for i, store in enumerate(self.stores):
+            if getattr(store, "reads_ahead", False):
+                own = [batch[self._source_of(batch) == i] - self.offsets[i] for batch in rows]
+                store.read_ahead(own)
+
     def describe(self, row: int) -> str:
         i = int(self._source_of(np.array([row]))[0])
         return self.stores[i].describe(int(row - self.offsets[i]))
