@@ -56,12 +56,12 @@ def _transient(err: BaseException) -> bool:
     return isinstance(err, (TimeoutError, ConnectionError, OSError)) or "Timeout" in type(err).__name__ or "Connection" in type(err).__name__
 
 
-class RemoteFile(io.RawIOBase):
-    """A read-only, seekable view of one remote file; each ``read`` is one retried range request."""
+class _RangeFile(io.RawIOBase):
+    """A read-only, seekable file of ``size`` bytes whose reads are byte ranges (``_range``)."""
 
-    def __init__(self, fs: Any, path: str, size: int, settings: Remote) -> None:
+    def __init__(self, size: int) -> None:
         super().__init__()
-        self.fs, self.path, self.size, self.settings = fs, path, size, settings
+        self.size = size
         self._pos = 0
 
     def readable(self) -> bool:
@@ -82,7 +82,7 @@ class RemoteFile(io.RawIOBase):
         end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
         if end <= self._pos:
             return b""
-        data = fetch(self.fs, self.path, self._pos, end, self.settings)
+        data = self._range(self._pos, end)
         self._pos += len(data)
         return data
 
@@ -90,6 +90,20 @@ class RemoteFile(io.RawIOBase):
         data = self.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+    def _range(self, start: int, end: int) -> bytes:
+        raise NotImplementedError
+
+
+class RemoteFile(_RangeFile):
+    """One remote file; each ``read`` is one retried range request."""
+
+    def __init__(self, fs: Any, path: str, size: int, settings: Remote) -> None:
+        super().__init__(size)
+        self.fs, self.path, self.settings = fs, path, settings
+
+    def _range(self, start: int, end: int) -> bytes:
+        return fetch(self.fs, self.path, start, end, self.settings)
 
 
 def retried(call: Callable[[], Any], what: str, settings: Remote) -> Any:
@@ -153,35 +167,18 @@ def open_remote(path: str, settings: Remote, storage_options: dict) -> RemoteFil
     return RemoteFile(fs, resolved, retried(size, path, settings), settings)
 
 
-class Span(io.RawIOBase):
+class Span(_RangeFile):
     """Bytes ``[start, start + len(data))`` of a file of ``size`` bytes, fetched before pyarrow asks:
     a row group read from it needs no request of its own."""
 
     def __init__(self, data: bytes, start: int, size: int, where: str) -> None:
-        super().__init__()
-        self.data, self.start, self.size, self.where = data, start, size, where
-        self._pos = 0
+        super().__init__(size)
+        self.data, self.start, self.where = data, start, where
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def read(self, n: int = -1) -> bytes:
-        end = self.size if n is None or n < 0 else min(self.size, self._pos + n)
-        lo, hi = self._pos - self.start, end - self.start
+    def _range(self, start: int, end: int) -> bytes:
+        lo, hi = start - self.start, end - self.start
         if lo < 0 or hi > len(self.data):
-            raise OSError(f"{self.where}: bytes {self._pos}-{end} were not fetched (fetched {self.start}-{self.start + len(self.data)})")
-        self._pos = end
+            raise OSError(f"{self.where}: bytes {start}-{end} were not fetched (fetched {self.start}-{self.start + len(self.data)})")
         return self.data[lo:hi]
 
 
