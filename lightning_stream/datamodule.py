@@ -228,6 +228,7 @@ class StreamingDataModule(pl.LightningDataModule):
             epoch_fn=_weak(self._trainer_epoch) if train else _epoch_zero,
             max_skipped=self.max_skipped,
             lanes=self.lanes if train else None,
+            strict_resume=self.strict_resume,
         )
         self._report_layout(dataset, source, loader.lanes)
         self._loaders.add(loader)
@@ -264,7 +265,7 @@ class StreamingDataModule(pl.LightningDataModule):
         loader = self._loader(self.train_source, train=True)
         loader.acked_externally = self.trainer is not None
         if self._pending_state:
-            loader.load_state_dict(self._pending_state, strict=self.strict_resume)
+            loader.load_state_dict(self._pending_state)
             self._pending_state = None
         self.train_loader = loader
         return loader
@@ -285,7 +286,7 @@ class StreamingDataModule(pl.LightningDataModule):
         if not state:
             return
         if self.train_loader is not None:
-            self.train_loader.load_state_dict(state, strict=self.strict_resume)
+            self.train_loader.load_state_dict(state)
         else:
             self._pending_state = dict(state)
 

@@ -83,6 +83,7 @@ class StreamingDataLoader(StatefulDataLoader):
         epoch_fn: Optional[Callable[[], int]] = None,
         max_skipped: Optional[float] = None,
         lanes: Optional[int] = None,
+        strict_resume: bool = True,
     ) -> None:
         super().__init__(
             dataset,
@@ -98,6 +99,8 @@ class StreamingDataLoader(StatefulDataLoader):
         )
         self.epoch_fn = epoch_fn
         self.max_skipped = max_skipped
+        self.strict_resume = strict_resume
+        self._loaded: Optional[dict] = None  # the state last loaded, as given
         self.lanes = self._choose_lanes(lanes)
         self._ends_by_lane = False
         self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
@@ -286,11 +289,17 @@ class StreamingDataLoader(StatefulDataLoader):
             return [list(a) for a in self._anchors]
         return [[max(a[0], b[0]), max(a[1], b[1])] for a, b in zip(self._anchors, peers)]
 
-    def load_state_dict(self, state_dict: dict[str, Any], *, strict: bool = True) -> None:
-        """Resume from ``state_dict`` at the next iteration of its epoch."""
-        if not state_dict:
+    def load_state_dict(self, state_dict: dict[str, Any], *, strict: Optional[bool] = None) -> None:
+        """Resume from ``state_dict`` at the next iteration of its epoch.
+
+        ``strict`` defaults to the loader's ``strict_resume``: Lightning restores the loader from
+        its own copy of the state with no arguments, and must meet the user's choice. Loading the
+        state already loaded (the datamodule's copy, then Lightning's) does nothing.
+        """
+        if not state_dict or (self._pending is not None and state_dict == self._loaded):
             return
-        check_state(state_dict, self.state_dict(), strict=strict)
+        self._loaded = dict(state_dict)
+        state_dict = check_state(state_dict, self.state_dict(), strict=self.strict_resume if strict is None else strict)
         lanes = int(state_dict.get("lanes", 1))  # version 1 had one lane
         if lanes != self.lanes and not self.dataset.options.evaluation:
             # The order keeps the lanes it started with, whatever the topology now.

@@ -3,8 +3,9 @@
 A state is only meaningful for the data and order it was written for. Resuming on other files,
 other row counts, another seed or another shuffle setting would silently train on a different
 sequence, so :func:`check_state` refuses it and says what differs; ``strict=False`` (the
-datamodule's ``strict_resume=False``) accepts it for users who mean it, keeping only the epoch
-and a position clipped to the new data.
+datamodule's ``strict_resume=False``, held by the loader so that every path that restores it,
+Lightning's own included, applies it) accepts it for users who mean it, keeping the epoch and a
+position clipped to the new data.
 
 Version history:
     1: epoch, position, steps, num_rows, fingerprint, seed, shuffle, window, batch_size, world_size.
@@ -45,8 +46,10 @@ class StateMismatchError(ValueError):
     """A checkpoint's loader state does not belong to the data or order it is loaded into."""
 
 
-def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool = True) -> None:
-    """Raise :class:`StateMismatchError` when ``saved`` cannot resume the loader described by ``current``."""
+def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
+    """The state to resume from: ``saved`` itself, or with ``strict=False`` a copy whose position is
+    clipped to the data now; raises :class:`StateMismatchError` when ``saved`` cannot resume the
+    loader described by ``current`` (with ``strict=False``, it warns instead)."""
     if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
         raise StateMismatchError(f"not a lightning_stream loader state (expected keys {_REQUIRED}): {saved!r:.200}")
     version = saved["version"]
@@ -62,11 +65,12 @@ def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool 
         if key in saved and saved[key] != current.get(key)
     ]
     if not diffs:
-        return
+        return saved
     message = "the checkpoint was written for other data or another order; " + "; ".join(diffs)
     if strict:
         raise StateMismatchError(message + ". Pass strict_resume=False to resume anyway (the order will differ).")
     log.warning("%s. Resuming anyway (strict_resume=False).", message)
     num_rows = current.get("num_rows")
     if num_rows is not None and saved["position"] > num_rows:
-        saved["position"] = num_rows
+        return {**saved, "position": num_rows}
+    return saved

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lightning_stream import Source, StateMismatchError, StreamingDataModule
-from lightning_stream.testing import IdModel, assert_resume_equivalent
+from lightning_stream.testing import BatchRecorder, IdModel, assert_resume_equivalent
 
 # 1000 rows, batch 16 -> 63 steps per epoch; step 20 is mid epoch 0, step 150 mid epoch 2.
 STEPS_PER_EPOCH = 63
@@ -164,3 +164,25 @@ def test_explicit_lanes_cover_every_row_once_per_epoch(data_dir):
     assert sorted(ids) == list(range(1000))
     with pytest.raises(ValueError, match="lanes"):
         loader_of(data_dir, lanes=0)
+
+
+def test_strict_resume_false_resumes_through_trainer_fit_with_one_warning(tmp_path, data_dir, caplog):
+    """The datamodule loads the state, then Lightning restores the loader from its own copy: both
+    must apply strict_resume=False, and the second load of the same state is a no-op."""
+    saver = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1, filename="{step}")
+    first = pl.Trainer(accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                       callbacks=[saver])
+    first.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16))
+    path = str(tmp_path / "ckpt" / "step=5.ckpt")  # mid epoch 0
+    reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9, strict_resume=False)
+    recorder = BatchRecorder()
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                   callbacks=[recorder])
+    with caplog.at_level("WARNING", logger="lightning_stream.state"):
+        t.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
+    assert t.global_step == 10
+    warnings = [r for r in caplog.records if "Resuming anyway" in r.getMessage()]
+    assert len(warnings) == 1 and "the shuffle seed: checkpoint has 0, now 9" in warnings[0].getMessage()
+    # It continued at the checkpoint's position (5 batches in), in the new seed's order.
+    new_order = [tuple(b["id"].tolist()) for b in StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9).train_dataloader()]
+    assert [key for _, key in recorder.batches] == new_order[5:10]
