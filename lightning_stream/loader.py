@@ -102,7 +102,6 @@ class StreamingDataLoader(StatefulDataLoader):
         self.strict_resume = strict_resume
         self._loaded: Optional[dict] = None  # the state last loaded, as given
         self.lanes = self._choose_lanes(lanes)
-        self._ends_by_lane = False
         self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
         self.acked_externally = False
         self._epoch = 0
@@ -141,6 +140,16 @@ class StreamingDataLoader(StatefulDataLoader):
         if lanes is not None:
             self._warn_if_lanes_split(lanes, "lanes")
         return wanted
+
+    @property
+    def _stream_lanes(self) -> bool:
+        """A stream whose shards are dealt to lanes (``dataset._stream_lanes``)."""
+        return not self.dataset.store.random_access and self.lanes > 1
+
+    @property
+    def _ends_by_lane(self) -> bool:
+        # One rank skips the holes of a stream's uneven lanes; several must agree where the epoch ends.
+        return self._stream_lanes and self.dataset.world_size > 1
 
     def _warn_if_lanes_split(self, lanes: int, what: str) -> None:
         if lanes % self.readers:
@@ -181,11 +190,9 @@ class StreamingDataLoader(StatefulDataLoader):
         self._progress = {"epoch": epoch, "start": start, "steps_before": steps_before, "steps": 0}
         self._awaiting.clear()
         self.stats = _EpochStats()
-        # One rank skips the holes of a stream's uneven lanes; several must agree where the epoch ends.
-        self._ends_by_lane = not self.dataset.store.random_access and self.lanes > 1 and self.dataset.world_size > 1
         self.epoch_end.reset()
         self._anchors = None
-        if not self.dataset.store.random_access and self.lanes > 1:
+        if self._stream_lanes:
             resumed = pending is not None and pending["epoch"] == epoch and pending.get("anchors")
             self._anchors = [list(a) for a in resumed] if resumed else [[0, 0] for _ in range(self.lanes)]
             self.dataset.resume_anchors = (epoch, start, self._anchors) if resumed else None
