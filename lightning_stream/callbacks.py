@@ -1,10 +1,14 @@
 """Trainer-side pieces: acknowledging trained batches and reporting what the data did.
 
 The :class:`StreamingCallback` is installed by :class:`~lightning_stream.StreamingDataModule`
-when the user has not added one. It tells the train loader which batch reached
-``training_step`` (so the checkpointed position ignores what Lightning has prefetched) and logs,
-once per epoch, how many rows the filters dropped, how many bad rows were skipped and how
-many rows were dropped to keep the ranks' step counts even.
+when the user has not added one. It pushes the epoch to the train loader (``set_epoch``), tells
+it which batch reached ``training_step`` (so the checkpointed position ignores what Lightning
+has prefetched), refuses a mid-epoch checkpoint that holds no loader position (a silent restart
+of the epoch otherwise), and logs, once per epoch, how many rows the filters dropped, how many
+bad rows were skipped and how many rows were dropped to keep the ranks' step counts even.
+
+The loader's position travels in Lightning's own loop state (``loops.fit_loop.state_dict.
+combined_loader``), so it is found whatever the datamodule's class is called.
 """
 
 from __future__ import annotations
@@ -16,14 +20,30 @@ from typing import Any, Optional
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
+from .loader import StreamingDataLoader
+from .state import StateMismatchError
+
 log = logging.getLogger(__name__)
 
 __all__ = ["StreamingCallback"]
 
 
 def _train_loader(trainer: pl.Trainer) -> Any:
-    dm = trainer.datamodule
-    return getattr(dm, "train_loader", None)
+    loader = trainer.train_dataloader
+    return loader if isinstance(loader, StreamingDataLoader) else None
+
+
+def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[bool, Optional[str]]:
+    """Whether ``checkpoint`` was written mid-epoch, and if so where it was (for messages)."""
+    fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    progress = fit.get("epoch_loop.batch_progress", {})
+    batches = progress.get("current", {}).get("processed", 0)
+    if not batches or progress.get("is_last_batch", False):
+        return False, None
+    states = fit.get("state_dict", {}).get("combined_loader") or []
+    if any(isinstance(s, dict) and "position" in s and "version" in s for s in states):
+        return False, None
+    return True, f"after batch {batches} of epoch {checkpoint.get('epoch', '?')}"
 
 
 class StreamingCallback(pl.Callback):
@@ -60,6 +80,22 @@ class StreamingCallback(pl.Callback):
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last_start = None  # the gap over validation and the epoch boundary is not a step
+        loader = _train_loader(trainer)
+        if loader is not None:
+            loader.set_epoch(trainer.current_epoch)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        stripped, where = _loader_state_in(checkpoint)
+        if not stripped:
+            return
+        message = (
+            f"the checkpoint was written mid-epoch ({where}) but holds no lightning_stream loader position "
+            "(loops.fit_loop.state_dict.combined_loader): resuming would restart the epoch, re-training its first "
+            "batches and never reaching its last ones"
+        )
+        if getattr(trainer.datamodule, "strict_resume", True):
+            raise StateMismatchError(message + ". Resume from an unedited checkpoint, or pass strict_resume=False to restart the epoch.")
+        rank_zero_warn(message + "; restarting the epoch from its first batch (strict_resume=False)")
 
     def _record(self, pl_module: pl.LightningModule, wait: float, step: float, rows: int) -> None:
         share = wait / step if step > 0 else 0.0

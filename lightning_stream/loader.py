@@ -1,16 +1,17 @@
 """``StreamingDataLoader``: a torchdata ``StatefulDataLoader`` whose state is one position.
 
-The loader's state is computed in the main process, not collected from the workers: the epoch
-and the number of global steps *trained* (not merely fetched). Under Lightning the
+The loader's state (``state.LoaderState``) is computed in the main process, not collected from
+the workers: the epoch and the number of global steps *trained* (not merely fetched). Under Lightning the
 :class:`~lightning_stream.callbacks.StreamingCallback` acknowledges each batch as it reaches
 ``training_step``, so the batch Lightning has prefetched is not counted; used on its own, a batch
 counts as consumed when it is yielded (torchdata's convention). From the step count, the epoch
 position follows by arithmetic (``split.Layout.position_after``), which makes the checkpoint a
 handful of integers and lets a resume start on exactly the next batch.
 
-Iteration starts lazily, at the first ``next()``: Lightning may call ``iter()`` before it has
-restored the epoch counter from a checkpoint, and the epoch must be read when data is first
-actually needed.
+The loader owns its epoch: it starts at 0, moves to the next epoch when one is exhausted, is
+set by ``set_epoch`` (the callback pushes ``trainer.current_epoch`` at each epoch start) and by
+``load_state_dict``; it never reads the trainer. Iteration starts lazily, at the first
+``next()``, so a ``set_epoch`` or a restore that comes after ``iter()`` still applies.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any, Optional
 
 from torchdata.stateful_dataloader import StatefulDataLoader
@@ -26,7 +26,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from .dataset import BatchHeader, StreamingDataset
 from .epoch_end import EpochEnd
 from .split import Layout
-from .state import STATE_VERSION, check_state
+from .state import STATE_VERSION, LoaderState, check_state
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,8 @@ class StreamingDataLoader(StatefulDataLoader):
     """Loader over a :class:`~lightning_stream.dataset.StreamingDataset` with an exact, tiny state.
 
     ``state_dict()`` / ``load_state_dict()`` follow torchdata's API; the state is a versioned dict
-    of plain types. ``set_epoch(e)`` chooses the epoch when used outside a Trainer (under a
-    Trainer the epoch is ``trainer.current_epoch``).
+    of plain types (:class:`~lightning_stream.state.LoaderState`). ``set_epoch(e)`` chooses the
+    epoch of the next iteration; without it, each exhausted pass moves on to the next epoch.
 
     Example:
         >>> loader = StreamingDataLoader(dataset, num_workers=2)  # doctest: +SKIP
@@ -80,7 +80,6 @@ class StreamingDataLoader(StatefulDataLoader):
         prefetch_factor: Optional[int] = None,
         timeout: float = 0,
         multiprocessing_context: Any = None,
-        epoch_fn: Optional[Callable[[], int]] = None,
         max_skipped: Optional[float] = None,
         lanes: Optional[int] = None,
         strict_resume: bool = True,
@@ -97,16 +96,13 @@ class StreamingDataLoader(StatefulDataLoader):
             multiprocessing_context=multiprocessing_context,
             snapshot_every_n_steps=0,  # the state lives in the main process: no worker snapshots
         )
-        self.epoch_fn = epoch_fn
         self.max_skipped = max_skipped
         self.strict_resume = strict_resume
-        self._loaded: Optional[dict] = None  # the state last loaded, as given
         self.lanes = self._choose_lanes(lanes)
         self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
         self.acked_externally = False
         self._epoch = 0
-        self._explicit_epoch = False
-        self._pending: Optional[dict] = None
+        self._resume: Optional[LoaderState] = None  # loaded, applied by the next iteration of its epoch
         self._progress: Optional[dict] = None
         self._awaiting: deque[tuple[int, Any]] = deque()  # (step, stream anchor) of yielded, untrained batches
         self._anchors: Optional[list[list[int]]] = None  # a stream's lanes: [k, row] where each resumes reading
@@ -164,11 +160,8 @@ class StreamingDataLoader(StatefulDataLoader):
     def set_epoch(self, epoch: int) -> None:
         """Use ``epoch``'s order from the next iteration on."""
         self._epoch = int(epoch)
-        self._explicit_epoch = True
 
     def current_epoch(self) -> int:
-        if self.epoch_fn is not None and not self._explicit_epoch:
-            return int(self.epoch_fn())
         return self._epoch
 
     def __len__(self) -> int:
@@ -179,13 +172,14 @@ class StreamingDataLoader(StatefulDataLoader):
         return _LazyEpoch(self)
 
     def _begin(self) -> Any:
-        epoch = self.current_epoch()
+        epoch = self._epoch
         start = steps_before = 0
-        pending = self._pending
-        if pending is not None and pending["epoch"] <= epoch:
-            if pending["epoch"] == epoch:
-                start, steps_before = pending["position"], pending["steps"]
-            self._pending = None
+        resume, self._resume = self._resume, None
+        if resume is not None and resume.epoch != epoch:
+            log.warning("the loaded state of epoch %d is not used: this iteration is epoch %d (set_epoch)", resume.epoch, epoch)
+            resume = None
+        if resume is not None:
+            start, steps_before = resume.position, resume.steps
         self.dataset.set_position(epoch, start, self.lanes)
         self._progress = {"epoch": epoch, "start": start, "steps_before": steps_before, "steps": 0}
         self._awaiting.clear()
@@ -193,7 +187,7 @@ class StreamingDataLoader(StatefulDataLoader):
         self.epoch_end.reset()
         self._anchors = None
         if self._stream_lanes:
-            resumed = pending is not None and pending["epoch"] == epoch and pending.get("anchors")
+            resumed = resume.anchors if resume is not None else None
             self._anchors = [list(a) for a in resumed] if resumed else [[0, 0] for _ in range(self.lanes)]
             self.dataset.resume_anchors = (epoch, start, self._anchors) if resumed else None
         return super().__iter__()
@@ -237,9 +231,10 @@ class StreamingDataLoader(StatefulDataLoader):
             self._anchors[lane] = [max(self._anchors[lane][0], k), max(self._anchors[lane][1], row)]
 
     def _finished(self) -> None:
+        # The state now says "the next epoch, from its start" (what a resume must do).
         self._len_hint = None
-        if not self.epoch_fn and not self._explicit_epoch:
-            self._epoch += 1
+        self._progress = None
+        self._epoch += 1
 
     @property
     def epoch_dropped_rows(self) -> int:
@@ -258,37 +253,30 @@ class StreamingDataLoader(StatefulDataLoader):
         return Layout(self.dataset.num_rows or 1 << 62, start, o.batch_size, self.dataset.world_size, o.drop_last)
 
     def state_dict(self) -> dict[str, Any]:
-        """The position after the last trained batch, as plain data."""
-        ds = self.dataset
-        o = ds.options
+        """The position after the last trained batch, as plain data (:class:`LoaderState`)."""
+        return self._state().to_dict()
+
+    def _state(self) -> LoaderState:
+        ds, o = self.dataset, self.dataset.options
         if self._progress is not None:
             p = self._progress
-            epoch, steps = p["epoch"], p["steps_before"] + p["steps"]
-            position = self._layout(p["start"]).position_after(p["steps"])
-        elif self._pending is not None:
-            epoch, position, steps = self._pending["epoch"], self._pending["position"], self._pending["steps"]
+            where = dict(epoch=p["epoch"], steps=p["steps_before"] + p["steps"], position=self._layout(p["start"]).position_after(p["steps"]))
+        elif self._resume is not None:
+            where = dict(epoch=self._resume.epoch, steps=self._resume.steps, position=self._resume.position)
         else:
-            epoch, position, steps = self.current_epoch(), 0, 0
-        return {
-            "version": STATE_VERSION,
-            "epoch": epoch,
-            "position": position,
-            "steps": steps,
-            "num_rows": ds.num_rows,
-            "fingerprint": ds.store.fingerprint,
-            "seed": o.seed,
-            "shuffle": o.shuffle,
-            "window": o.window,
-            "lanes": self.lanes,
-            "batch_size": o.batch_size,
-            "world_size": ds.world_size,
-            **({"anchors": anchors} if (anchors := self._state_anchors()) is not None else {}),
-        }
+            where = dict(epoch=self._epoch, steps=0, position=0)
+        anchors = self._state_anchors()
+        return LoaderState(
+            version=STATE_VERSION, **where, num_rows=ds.num_rows, fingerprint=ds.store.fingerprint, seed=o.seed,
+            shuffle=o.shuffle, window=o.window, lanes=self.lanes, batch_size=o.batch_size, world_size=ds.world_size,
+            anchors=tuple(tuple(a) for a in anchors) if anchors is not None else None,
+        )
 
     def _state_anchors(self) -> Optional[list[list[int]]]:
         """Where each lane of a stream resumes reading: the shard its current window begins in."""
         if self._progress is None:
-            return self._pending.get("anchors") if self._pending is not None else None
+            anchors = self._resume.anchors if self._resume is not None else None
+            return [list(a) for a in anchors] if anchors is not None else None
         if self._anchors is None:
             return None
         peers = self.epoch_end.peer_anchors  # the other ranks' lanes, as of the last step
@@ -300,27 +288,29 @@ class StreamingDataLoader(StatefulDataLoader):
         """Resume from ``state_dict`` at the next iteration of its epoch.
 
         ``strict`` defaults to the loader's ``strict_resume``: Lightning restores the loader from
-        its own copy of the state with no arguments, and must meet the user's choice. Loading the
-        state already loaded (the datamodule's copy, then Lightning's) does nothing.
+        the checkpoint with no arguments, and must meet the user's choice.
         """
-        if not state_dict or (self._pending is not None and state_dict == self._loaded):
+        if not state_dict:
             return
-        self._loaded = dict(state_dict)
-        state_dict = check_state(state_dict, self.state_dict(), strict=self.strict_resume if strict is None else strict)
-        lanes = int(state_dict.get("lanes", 1))  # version 1 had one lane
-        if lanes != self.lanes and not self.dataset.options.evaluation:
+        saved = LoaderState.from_dict(state_dict)
+        saved = check_state(saved, self._state(), strict=self.strict_resume if strict is None else strict)
+        if saved.lanes != self.lanes and not self.dataset.options.evaluation:
             # The order keeps the lanes it started with, whatever the topology now.
-            self._warn_if_lanes_split(lanes, "the checkpoint's lanes")
-            self.lanes = lanes
-        self._pending = dict(state_dict)
+            self._warn_if_lanes_split(saved.lanes, "the checkpoint's lanes")
+            self.lanes = saved.lanes
         self._progress = None
-        layout = self.dataset.layout(min(int(state_dict["position"]), self.dataset.num_rows or 0))
+        self._len_hint = None
+        num_rows = self.dataset.num_rows
+        if num_rows is not None and saved.position >= num_rows and saved.steps:
+            # Written after the epoch's last step: what follows is the next epoch, from its start.
+            self._resume, self._epoch = None, saved.epoch + 1
+            return
+        self._resume, self._epoch = saved, saved.epoch
+        layout = self.dataset.layout(saved.position)
         if layout is not None:
             # Resumed on another world size, the resumed epoch can hold more steps than a fresh one;
             # Lightning sizes its loop from len() once, so len() must not undercount that epoch.
-            self._len_hint = max(len(self.dataset), int(state_dict["steps"]) + layout.num_steps)
-        if not self.epoch_fn:
-            self._epoch = int(state_dict["epoch"])
+            self._len_hint = max(len(self.dataset), saved.steps + layout.num_steps)
 
 
 class _LazyEpoch:

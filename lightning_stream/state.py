@@ -1,10 +1,15 @@
-"""The loader state saved in checkpoints: a versioned dict of plain types, and its checks.
+"""The loader state saved in checkpoints: :class:`LoaderState`, a versioned record of plain types.
+
+It is the one form of the position: the loader writes it (``StreamingDataLoader.state_dict``),
+Lightning stores it in the fit loop's state of the checkpoint (``loops.fit_loop.state_dict.
+combined_loader``, whatever the datamodule's class is called) and hands it back to
+``load_state_dict`` on ``fit(ckpt_path=...)``. It is parsed once, with every key's type checked,
+so an edited or foreign checkpoint fails at load naming the key, not later in a worker.
 
 A state is only meaningful for the data and order it was written for. Resuming on other files,
 other row counts, another seed or another shuffle setting would silently train on a different
 sequence, so :func:`check_state` refuses it and says what differs; ``strict=False`` (the
-datamodule's ``strict_resume=False``, held by the loader so that every path that restores it,
-Lightning's own included, applies it) accepts it for users who mean it, keeping the epoch and a
+datamodule's ``strict_resume=False``) accepts it for users who mean it, keeping the epoch and a
 position clipped to the new data.
 
 Version history:
@@ -21,15 +26,118 @@ there are several lanes, since the lanes interleave batch by batch.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
-__all__ = ["STATE_VERSION", "StateMismatchError", "check_state"]
+__all__ = ["STATE_VERSION", "LoaderState", "StateMismatchError", "check_state"]
 
 log = logging.getLogger(__name__)
 
 STATE_VERSION = 2
+
+
+class StateMismatchError(ValueError):
+    """A checkpoint's loader state does not belong to the data or order it is loaded into."""
+
+
+@dataclass(frozen=True)
+class LoaderState:
+    """Where a train loader stands: the epoch, the steps trained in it, and what the order was made of.
+
+    ``position`` is the epoch position after the last trained step (``split.Layout.position_after``);
+    ``steps`` counts the epoch's trained steps, including those before an earlier resume.
+    """
+
+    version: int
+    epoch: int
+    position: int
+    steps: int
+    num_rows: Optional[int] = None
+    fingerprint: Optional[str] = None
+    seed: Optional[int] = None
+    shuffle: Optional[bool] = None
+    window: Optional[int] = None
+    lanes: int = 1  # version 1 had one lane
+    batch_size: Optional[int] = None
+    world_size: Optional[int] = None
+    anchors: Optional[tuple[tuple[int, int], ...]] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint (``anchors`` only for a stream dealt to lanes)."""
+        out = dataclasses.asdict(self)
+        if self.anchors is None:
+            del out["anchors"]
+        else:
+            out["anchors"] = [list(a) for a in self.anchors]
+        return out
+
+    @classmethod
+    def from_dict(cls, saved: Any) -> "LoaderState":
+        """Parse a checkpoint's state, refusing it with the key at fault when a value has the wrong type."""
+        if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
+            raise StateMismatchError(
+                f"not a lightning_stream loader state (expected the keys {list(_REQUIRED)}): {saved!r:.200}"
+            )
+        version = saved["version"]
+        if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+            raise StateMismatchError(
+                f"the checkpoint's loader state has version {version}, newer than this lightning_stream's {STATE_VERSION}; "
+                "upgrade lightning_stream to resume from it"
+            )
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in saved:
+                continue
+            value = saved[f.name]
+            check = _CHECKS[f.name]
+            if not (value is None and f.name in _OPTIONAL) and not check[0](value):
+                raise StateMismatchError(
+                    f"the checkpoint's loader state has {f.name}={value!r} ({type(value).__name__}); expected {check[1]}. "
+                    "The checkpoint was edited or written by other code: restore its original 'combined_loader' state "
+                    "(loops.fit_loop.state_dict), or resume without it (strict_resume=False restarts the epoch)"
+                )
+            values[f.name] = value
+        if values.get("anchors") is not None:
+            values["anchors"] = tuple(tuple(a) for a in values["anchors"])
+        state = cls(**values)
+        if state.num_rows is not None and state.position > state.num_rows:
+            raise StateMismatchError(
+                f"the checkpoint's loader state has position={state.position}, past the end of its {state.num_rows} rows; "
+                "the checkpoint was edited or is corrupt"
+            )
+        return state
+
+
+def _int(minimum: int) -> Any:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
+def _anchors(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and all(
+        isinstance(a, (list, tuple)) and len(a) == 2 and all(_int(0)(x) for x in a) for a in v
+    )
+
+
 _REQUIRED = ("version", "epoch", "position", "steps")
+_OPTIONAL = {"num_rows", "fingerprint", "seed", "shuffle", "window", "batch_size", "world_size", "anchors"}
+# Each key's check and what it expects, for the message.
+_CHECKS = {
+    "version": (_int(1), "an int from 1 to %d" % STATE_VERSION),
+    "epoch": (_int(0), "an int >= 0"),
+    "position": (_int(0), "an int >= 0"),
+    "steps": (_int(0), "an int >= 0"),
+    "num_rows": (_int(0), "an int >= 0 or None"),
+    "fingerprint": (lambda v: isinstance(v, str), "a string"),
+    "seed": (_int(0), "an int >= 0"),
+    "shuffle": (lambda v: isinstance(v, bool), "a bool"),
+    "window": (_int(1), "an int >= 1"),
+    "lanes": (_int(1), "an int >= 1"),
+    "batch_size": (_int(1), "an int >= 1"),
+    "world_size": (_int(1), "an int >= 1"),
+    "anchors": (_anchors, "a list of [shard, row] pairs"),
+}
 # Keys whose difference means the saved position points into another sequence of rows.
 _MUST_MATCH = {
     "fingerprint": "the data (file list or row counts)",
@@ -42,27 +150,15 @@ _MUST_MATCH = {
 _MUST_MATCH_WITH_LANES = {"batch_size": "the batch size (the lanes interleave batch by batch)"}
 
 
-class StateMismatchError(ValueError):
-    """A checkpoint's loader state does not belong to the data or order it is loaded into."""
-
-
-def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool = True) -> dict[str, Any]:
+def check_state(saved: LoaderState, current: LoaderState, *, strict: bool = True) -> LoaderState:
     """The state to resume from: ``saved`` itself, or with ``strict=False`` a copy whose position is
     clipped to the data now; raises :class:`StateMismatchError` when ``saved`` cannot resume the
     loader described by ``current`` (with ``strict=False``, it warns instead)."""
-    if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
-        raise StateMismatchError(f"not a lightning_stream loader state (expected keys {_REQUIRED}): {saved!r:.200}")
-    version = saved["version"]
-    if not isinstance(version, int) or version > STATE_VERSION:
-        raise StateMismatchError(
-            f"the checkpoint's loader state has version {version}, newer than this lightning_stream's {STATE_VERSION}; "
-            "upgrade lightning_stream to resume from it"
-        )
-    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.get("lanes", 1) > 1 else {})}
+    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.lanes > 1 else {})}
     diffs = [
-        f"{what}: checkpoint has {saved[key]!r}, now {current[key]!r}"
+        f"{what}: checkpoint has {getattr(saved, key)!r}, now {getattr(current, key)!r}"
         for key, what in keys.items()
-        if key in saved and saved[key] != current.get(key)
+        if getattr(saved, key) is not None and getattr(saved, key) != getattr(current, key)
     ]
     if not diffs:
         return saved
@@ -70,7 +166,6 @@ def check_state(saved: dict[str, Any], current: dict[str, Any], *, strict: bool 
     if strict:
         raise StateMismatchError(message + ". Pass strict_resume=False to resume anyway (the order will differ).")
     log.warning("%s. Resuming anyway (strict_resume=False).", message)
-    num_rows = current.get("num_rows")
-    if num_rows is not None and saved["position"] > num_rows:
-        return {**saved, "position": num_rows}
+    if current.num_rows is not None and saved.position > current.num_rows:
+        return dataclasses.replace(saved, position=current.num_rows)
     return saved

@@ -69,7 +69,9 @@ def fit_and_save(tmp_path, data_dir, steps):
 def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
     path = fit_and_save(tmp_path, data_dir, 10)
     ckpt = torch.load(path, weights_only=True)  # plain data only: no pickled objects
-    state = ckpt["StreamingDataModule"]["train"]
+    # One copy, in Lightning's own loop state: not under the datamodule's class name.
+    assert "StreamingDataModule" not in ckpt
+    (state,) = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     assert state["epoch"] == 0 and state["position"] == 160 and state["steps"] == 10
     assert all(isinstance(v, (int, str, bool, type(None))) for v in state.values())
     assert len(repr(state)) < 1000
@@ -186,3 +188,80 @@ def test_strict_resume_false_resumes_through_trainer_fit_with_one_warning(tmp_pa
     # It continued at the checkpoint's position (5 batches in), in the new seed's order.
     new_order = [tuple(b["id"].tolist()) for b in StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9).train_dataloader()]
     assert [key for _, key in recorder.batches] == new_order[5:10]
+
+
+def _mid_epoch_checkpoint(tmp_path, data_dir, cls=StreamingDataModule, steps=5):
+    saver = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=steps, save_top_k=-1, filename="{step}")
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=steps + 1, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                   callbacks=[saver])
+    t.fit(IdModel(), datamodule=cls(train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2))
+    return str(tmp_path / "ckpt" / f"step={steps}.ckpt")
+
+
+def test_resume_after_renaming_or_subclassing_the_datamodule_is_exact(tmp_path, data_dir):
+    """The position is found whatever the datamodule's class is called (users subclass it later)."""
+
+    class OldName(StreamingDataModule):
+        pass
+
+    class WithLabels(StreamingDataModule):
+        def __init__(self, num_labels: int = 3, **kwargs):
+            super().__init__(**kwargs)
+            self.num_labels = num_labels
+
+    made = []
+
+    def make():
+        made.append(1)
+        cls = OldName if len(made) < 3 else WithLabels  # the resumed run uses the renamed subclass
+        return cls(train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2, shuffle=True)
+
+    report = assert_resume_equivalent(make, stop_at_step=7, tmp_path=str(tmp_path), max_epochs=2)
+    assert len(report.after_resume) == 2 * 63 - 7
+
+
+def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, data_dir, caplog):
+    path = _mid_epoch_checkpoint(tmp_path, data_dir)
+    ckpt = torch.load(path, weights_only=False)
+    del ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    stripped = str(tmp_path / "stripped.ckpt")
+    torch.save(ckpt, stripped)
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    with pytest.raises(StateMismatchError, match=r"mid-epoch \(after batch 5 of epoch 0\) but holds no lightning_stream loader position"):
+        t.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16), ckpt_path=stripped)
+    # strict_resume=False: a warning, and the epoch restarts from its first batch.
+    recorder = BatchRecorder()
+    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=7, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                   callbacks=[recorder])
+    with pytest.warns(UserWarning, match="restarting the epoch from its first batch"):
+        t.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, strict_resume=False),
+              ckpt_path=stripped)
+    first = next(iter(StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16).train_dataloader()))
+    assert recorder.batches[0][1] == tuple(first["id"].tolist())
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("position", "80", r"position='80' \(str\); expected an int >= 0"),
+        ("steps", None, r"steps=None \(NoneType\); expected an int >= 0"),
+        ("version", "1", r"version='1' \(str\); expected an int from 1 to 2"),
+        ("position", 10**6, r"position=1000000, past the end of its 1000 rows"),
+        ("anchors", [[0]], r"anchors=\[\[0\]\] \(list\); expected a list of \[shard, row\] pairs"),
+    ],
+)
+def test_an_edited_checkpoint_state_is_refused_at_load_naming_the_key(data_dir, key, value, message):
+    loader = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16).train_dataloader()
+    state = loader.state_dict()
+    with pytest.raises(StateMismatchError, match=message):
+        loader.load_state_dict({**state, key: value})
+
+
+def test_set_epoch_is_pushed_and_the_loader_moves_on_by_itself(data_dir):
+    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=100)
+    loader = dm.train_dataloader()
+    first, second = [[b["id"].tolist() for b in loader] for _ in range(2)]
+    assert first != second  # exhausting epoch 0 moved the loader to epoch 1
+    assert loader.state_dict()["epoch"] == 2 and loader.state_dict()["position"] == 0
+    loader.set_epoch(1)
+    assert [b["id"].tolist() for b in loader] == second
