@@ -10,7 +10,7 @@ from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
-from .spec import Mix, Remote, Source
+from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
 from .transforms import Filter, Map
 
@@ -21,6 +21,7 @@ __all__ = [
     "Remote",
     "RowError",
     "Source",
+    "DatasetSource",
     "StateMismatchError",
     "StreamingCallback",
     "StreamingDataLoader",

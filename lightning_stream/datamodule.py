@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
-from .spec import Mix, Source, as_source
+from .spec import Mix, Source, as_source, named_sources
 from .transforms import Filter, Map, as_pipeline
 
 log = logging.getLogger(__name__)
@@ -40,11 +40,24 @@ class StreamingDataModule(pl.LightningDataModule):
     ``trainer.estimated_stepping_batches`` work.
 
     Args:
-        train: the training :class:`Source` (or a path / file / hub id string), or a :class:`Mix`
-            of sources with probabilities.
-        val: optional validation source, read in order, from its start at each validation run.
+        train: the training :class:`Source` (or a path / file / hub id string), a :class:`Mix`
+            of sources with probabilities, or a ``datasets`` object: ``Dataset``,
+            ``IterableDataset`` (its ``map``/``filter``/column chain runs in the workers), or a
+            ``DatasetDict`` / ``IterableDatasetDict`` (its ``"train"`` split).
+        val: optional validation source(s), read in order, from the start at each validation
+            run: one source (a ``DatasetDict`` gives its ``"validation"`` split), a list, or a
+            dict ``{name: source}``; several give one loader each (Lightning's
+            ``dataloader_idx``), named in :attr:`val_names`. No ``val``: no validation loader.
+        test: optional test source(s), as ``val`` (a ``DatasetDict`` gives ``"test"``), for
+            ``trainer.test``.
+        predict: optional source(s) for ``trainer.predict``: each rank reads a contiguous run
+            in order, so predictions gathered in rank order follow the source's rows.
         transform: a callable ``dict[str, list] -> dict[str, list]`` (batched ``map``), a
             :class:`Map` / :class:`Filter`, or a list of them, applied in the workers.
+        eval_transform: the transform for validation, test and predict (default: ``transform``),
+            e.g. without augmentation.
+        eval_collate_fn: the collate function for validation, test and predict (default:
+            ``collate_fn``), e.g. prompts only for generation.
         filter: a batched predicate ``dict[str, list] -> list[bool]`` applied before
             ``transform``. Filtered rows leave their batch smaller (the step count stays known).
         collate_fn: ``list[dict] -> batch``; by default numeric columns become tensors.
@@ -91,11 +104,15 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: Union[Source, Mix, str],
-        val: Union[Source, Mix, str, None] = None,
+        train: Union[Source, Mix, str, Any],
+        val: Union[Source, Mix, str, list, dict, Any, None] = None,
+        test: Union[Source, Mix, str, list, dict, Any, None] = None,
+        predict: Union[Source, Mix, str, list, dict, Any, None] = None,
         transform: Union[Step, list[Step], None] = None,
         filter: Optional[Step] = None,
         collate_fn: Optional[Callable[[list[dict]], Any]] = None,
+        eval_transform: Union[Step, list[Step], None] = None,
+        eval_collate_fn: Optional[Callable[[list[dict]], Any]] = None,
         batch_size: int = 32,
         val_batch_size: Optional[int] = None,
         num_workers: int = 0,
@@ -131,12 +148,16 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(f"even must be 'drop' or 'pad', got {even!r}")
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.train_source = as_source(train)
-        self.val_source = as_source(val) if val is not None else None
+        self.train_source = as_source(train, split="train")
+        self.val_sources = named_sources(val, split="validation")
+        self.test_sources = named_sources(test, split="test")
+        self.predict_sources = named_sources(predict, split="test")
         if filter is not None and not isinstance(filter, Filter):
             filter = Filter(filter)
         self.pipeline = as_pipeline(filter, transform)
+        self.eval_pipeline = as_pipeline(filter, eval_transform) if eval_transform is not None else self.pipeline
         self.collate_fn = collate_fn
+        self.eval_collate_fn = eval_collate_fn if eval_collate_fn is not None else collate_fn
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.num_workers = num_workers
@@ -156,7 +177,23 @@ class StreamingDataModule(pl.LightningDataModule):
         self.lanes = lanes
         self.train_loader: Optional[StreamingDataLoader] = None
         self._loaders: "weakref.WeakSet[StreamingDataLoader]" = weakref.WeakSet()
-        self._pending_state: Optional[dict] = None
+        # Lightning asks a datamodule for a stage's loader when the method is overridden; a stage
+        # with no source has none (as LightningDataModule.from_datasets does), so Lightning warns
+        # of no empty loader the user never asked for.
+        for stage, sources in (("val", self.val_sources), ("test", self.test_sources), ("predict", self.predict_sources)):
+            method = f"{stage}_dataloader"
+            if not sources and getattr(type(self), method) is getattr(StreamingDataModule, method):
+                setattr(self, method, None)
+
+    @property
+    def val_names(self) -> list[str]:
+        """The names of the validation sets, in ``dataloader_idx`` order (for metric names)."""
+        return list(self.val_sources)
+
+    @property
+    def test_names(self) -> list[str]:
+        """The names of the test sets, in ``dataloader_idx`` order."""
+        return list(self.test_sources)
 
     def __getstate__(self) -> dict[str, Any]:
         # Loaders (processes, queues) stay with the process that made them, e.g. under ddp_spawn.
@@ -183,9 +220,6 @@ class StreamingDataModule(pl.LightningDataModule):
         for loader in list(self._loaders):
             loader.shutdown_workers()
 
-    def _trainer_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
-
     def _topology(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
@@ -200,7 +234,7 @@ class StreamingDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, source: Source, *, train: bool) -> StreamingDataLoader:
+    def _loader(self, source: Union[Source, Mix], *, train: bool, in_order: bool = False) -> StreamingDataLoader:
         rank, world_size = self._topology()
         readers = world_size * max(1, self.num_workers)
         windows_per_reader = -(-(self.lanes or readers) // readers) if train else 1
@@ -210,13 +244,14 @@ class StreamingDataModule(pl.LightningDataModule):
             seed=self.seed,
             window=self.buffer_size,
             drop_last=self.drop_last if train else False,
-            pipeline=self.pipeline,
-            collate_fn=self.collate_fn,
+            pipeline=self.pipeline if train else self.eval_pipeline,
+            collate_fn=self.collate_fn if train else self.eval_collate_fn,
             on_error=self.on_error,
             cache_rows=2 * self.buffer_size * windows_per_reader,
             pad=self.even == "pad",
             evaluation=not train,
             batch_format=self.batch_format,
+            in_order=in_order,
         )
         dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
         loader = StreamingDataLoader(
@@ -225,7 +260,6 @@ class StreamingDataModule(pl.LightningDataModule):
             pin_memory=self._pin_memory(),
             persistent_workers=self.persistent_workers,
             prefetch_factor=self.prefetch_factor,
-            epoch_fn=_weak(self._trainer_epoch) if train else _epoch_zero,
             max_skipped=self.max_skipped,
             lanes=self.lanes if train else None,
             strict_resume=self.strict_resume,
@@ -264,44 +298,22 @@ class StreamingDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> StreamingDataLoader:
         loader = self._loader(self.train_source, train=True)
         loader.acked_externally = self.trainer is not None
-        if self._pending_state:
-            loader.load_state_dict(self._pending_state)
-            self._pending_state = None
+        if self.trainer is not None:
+            # A loader made anew at a later epoch (reload_dataloaders_every_n_epochs) starts there;
+            # from then on the callback pushes each epoch, and a checkpoint's state overrides both.
+            loader.set_epoch(self.trainer.current_epoch)
         self.train_loader = loader
         return loader
 
     def val_dataloader(self) -> Any:
-        if self.val_source is None:
-            return []
-        return self._loader(self.val_source, train=False)
+        return self._eval_loaders(self.val_sources)
 
-    # -- checkpoint -------------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        if self.train_loader is not None:
-            return {"train": self.train_loader.state_dict()}
-        return {"train": self._pending_state} if self._pending_state else {}
+    def test_dataloader(self) -> Any:
+        return self._eval_loaders(self.test_sources)
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state = state_dict.get("train")
-        if not state:
-            return
-        if self.train_loader is not None:
-            self.train_loader.load_state_dict(state)
-        else:
-            self._pending_state = dict(state)
+    def predict_dataloader(self) -> Any:
+        return self._eval_loaders(self.predict_sources, in_order=True)
 
-
-def _epoch_zero() -> int:
-    return 0
-
-
-def _weak(method: Callable[[], int]) -> Callable[[], int]:
-    """``method`` without a strong reference to its object: a loader that held its datamodule
-    would form a cycle, freed only by the cycle collector (see ``teardown``)."""
-    ref = weakref.WeakMethod(method)
-
-    def call() -> int:
-        bound = ref()
-        return bound() if bound is not None else 0
-
-    return call
+    def _eval_loaders(self, sources: dict[str, Union[Source, Mix]], in_order: bool = False) -> Any:
+        loaders = [self._loader(s, train=False, in_order=in_order) for s in sources.values()]
+        return loaders[0] if len(loaders) == 1 else loaders

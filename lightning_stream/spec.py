@@ -7,10 +7,11 @@ Specs are plain data mirroring ``datasets.load_dataset``'s arguments; nothing he
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
-__all__ = ["Mix", "Remote", "Source", "as_source"]
+__all__ = ["DatasetSource", "Mix", "Remote", "Source", "as_source", "named_sources"]
 
 # Lives here, not with the file resolving in ``stores``: a plain string is parsed without I/O.
 _EXT_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tar": "webdataset"}
@@ -87,6 +88,35 @@ class Source:
 
 
 @dataclass
+class DatasetSource:
+    """A ``datasets.Dataset`` or ``datasets.IterableDataset`` the user already holds.
+
+    Made by :func:`as_source`; users pass the object itself. A ``Dataset`` is read by index from
+    its arrow table (memory-mapped cache files or memory), through its indices mapping when it
+    has one (``shuffle``/``select``/``filter``), with its format (``with_format``,
+    ``with_transform``) applied in the workers. An ``IterableDataset`` whose rows come from files
+    that can be read by index (``Dataset.to_iterable_dataset``, parquet or arrow files) is read
+    by index from those files, and its own ``map``/``filter``/column chain is replayed in the
+    workers on each batch's rows (``stores/objects.py``); any other one is read as a stream.
+
+    Args:
+        dataset: the object.
+        split: its split name (for messages), optionally with ``datasets``' slicing
+            (``"train[:90%]"``, ``"train[1000:]"``).
+    """
+
+    dataset: Any
+    split: str = "train"
+
+    @property
+    def path(self) -> str:
+        kind = type(self.dataset).__name__
+        info = getattr(self.dataset, "info", None)
+        name = getattr(info, "dataset_name", None) or getattr(info, "builder_name", None)
+        return f"{kind}({name or 'in memory'}, split={self.split!r})"
+
+
+@dataclass
 class Mix:
     """Sources mixed with ``probabilities`` (uniform by default).
 
@@ -110,13 +140,25 @@ class Mix:
         return "mix(" + ", ".join(as_source(s).path for s in self.sources) + ")"
 
 
-def as_source(spec: Union[Source, Mix, str, dict]) -> Union[Source, Mix]:
-    """Accept a :class:`Source`, a plain string (path, file or hub id) or a dict of its fields.
-
-    A :class:`Mix` is returned as it is.
+def as_source(spec: Any, *, split: str = "train") -> Union[Source, Mix, DatasetSource]:
+    """Accept a :class:`Source`, a plain string (path, file or hub id), a dict of its fields, or a
+    ``datasets`` object (``Dataset``, ``IterableDataset``, or a ``DatasetDict`` /
+    ``IterableDatasetDict`` whose ``split`` is taken). A :class:`Mix` is returned as it is.
     """
-    if isinstance(spec, (Source, Mix)):
+    if isinstance(spec, (Source, Mix, DatasetSource)):
         return spec
+    if _is_datasets_object(spec):
+        import datasets
+
+        if isinstance(spec, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            name = split.partition("[")[0]
+            if name not in spec:
+                raise KeyError(
+                    f"the {type(spec).__name__} has no split {name!r}; its splits are {list(spec)}: pass one as "
+                    f"dataset_dict[{next(iter(spec), 'train')!r}]"
+                )
+            return DatasetSource(spec[name], split=split)
+        return DatasetSource(spec, split=split if "[" in split else (str(spec.split) if spec.split is not None else split))
     if isinstance(spec, dict):
         return Source(**spec)
     if isinstance(spec, str):
@@ -124,4 +166,44 @@ def as_source(spec: Union[Source, Mix, str, dict]) -> Union[Source, Mix]:
         if ext in _EXT_BUILDERS and not os.path.isdir(spec):
             return Source(path=_EXT_BUILDERS[ext], data_files=spec)
         return Source(path=spec)
-    raise TypeError(f"expected a Source, a string or a dict, got {type(spec).__name__}")
+    raise TypeError(
+        f"expected a Source, a Mix, a string, a dict of Source fields or a datasets Dataset / IterableDataset / "
+        f"DatasetDict, got {type(spec).__name__}"
+    )
+
+
+def named_sources(spec: Any, *, split: str) -> dict[str, Union[Source, Mix, DatasetSource]]:
+    """``{name: source}`` for an evaluation argument: None, one source, a list or a dict of them."""
+    if spec is None:
+        return {}
+    if isinstance(spec, dict) and not _is_source_fields(spec) and not _is_datasets_object(spec):
+        return {str(name): as_source(s, split=split) for name, s in spec.items()}
+    if isinstance(spec, (list, tuple)):
+        sources = [as_source(s, split=split) for s in spec]
+        names = [_short_name(s) for s in sources]
+        if len(set(names)) < len(names):
+            names = [f"{n}_{i}" for i, n in enumerate(names)]
+        return dict(zip(names, sources))
+    source = as_source(spec, split=split)
+    return {_short_name(source): source}
+
+
+def _is_datasets_object(spec: Any) -> bool:
+    datasets = sys.modules.get("datasets")  # not imported for plain specs
+    kinds = ("Dataset", "IterableDataset", "DatasetDict", "IterableDatasetDict")
+    return datasets is not None and isinstance(spec, tuple(getattr(datasets, k) for k in kinds))
+
+
+def _is_source_fields(spec: dict) -> bool:
+    return "path" in spec and isinstance(spec["path"], str)
+
+
+def _short_name(source: Union[Source, Mix, DatasetSource]) -> str:
+    if isinstance(source, Source):
+        files = source.data_files
+        if isinstance(files, str) and not any(c in files for c in "*?["):
+            return os.path.basename(files).split(".")[0]
+        return os.path.basename(source.path.rstrip("/")) or source.path
+    if isinstance(source, DatasetSource):
+        return source.split.partition("[")[0]
+    return "mix"

@@ -8,7 +8,12 @@
   resolves to parquet (row counts from the footers, rows fetched by reading their row group);
 - :class:`MixtureStore` for a :class:`~lightning_stream.spec.Mix` of random-access sources;
 - :class:`StreamStore` for everything else: hub ids with ``streaming=True``, json, csv,
-  webdataset... read front to back.
+  webdataset... read front to back;
+- for a ``datasets`` object (:class:`~lightning_stream.spec.DatasetSource`), the store of the rows
+  behind it (``objects.py``), with its ``map``/``filter`` chain or format as a ``chain`` that the
+  workers run on each batch's arrow rows (a :class:`ChainStore`).
+
+A ``split`` with ``datasets``' slicing (``"train[:90%]"``) gives a :class:`SliceStore` of those rows.
 
 Random-access stores know their row count and block sizes up front; that is what makes the
 length, the even split over ranks and an O(1) resume possible. The protocols below are the
@@ -20,21 +25,26 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Optional, Protocol, Union
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 
 import datasets
 
-from ..spec import Mix, Source
+from ..spec import DatasetSource, Mix, Source
 from .arrow import ArrowStore
 from .base import fingerprint, gather, select_columns
 from .mixture import MixtureStore
+from .objects import ChainStore, SliceStore, open_dataset, sliced
 from .parquet import ParquetStore
 from .resolve import STREAM_BUILDERS, builder_of, parquet_repo_files
 from .stream import StreamStore, StreamWindows
 
 __all__ = [
     "ArrowStore",
+    "ChainStore",
+    "SliceStore",
     "MixtureStore",
     "Order",
     "ParquetStore",
@@ -115,11 +125,17 @@ class SequentialStore(Store, Protocol):
         ...
 
 
-def open_store(spec: Union[Source, Mix], *, cache_rows: int = 20_000) -> Union[RandomAccessStore, SequentialStore]:
+def open_store(spec: Union[Source, Mix, DatasetSource], *, cache_rows: int = 20_000) -> Union[RandomAccessStore, SequentialStore]:
     """Open the store that reads ``spec``: random access where the format allows it.
 
     ``cache_rows`` bounds the decoded parquet row groups kept per process.
     """
+    if isinstance(spec, DatasetSource):
+        store = open_dataset(spec, cache_rows=cache_rows)
+        return sliced(store, spec.split, spec.path) if "[" in spec.split else store
+    if isinstance(spec, Source) and "[" in spec.split:
+        whole = open_store(dataclasses.replace(spec, split=spec.split.partition("[")[0]), cache_rows=cache_rows)
+        return sliced(whole, spec.split, spec.path)
     if isinstance(spec, Mix):
         return MixtureStore(spec, open_source=lambda s: open_store(s, cache_rows=cache_rows))
     kind = builder_of(spec)

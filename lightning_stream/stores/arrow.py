@@ -45,28 +45,44 @@ class ArrowStore(BlockStore):
                 ds = ds[source.split]
             files = [f["filename"] for f in ds.cache_files]
             parts = [datasets.Dataset.from_file(f) for f in files] if len(files) > 1 else [ds]
-            self.where = source.path
+            where = source.path
         else:
             files = resolve_files(source)
             parts = [datasets.Dataset.from_file(f) for f in files]
             ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-            self.where = ",".join(files)
-        self.features = select_columns(ds.features, source.columns, self.where)
-        self._table = ds.select_columns(list(self.features)).data  # memory-mapped datasets.Table
-        self._arrays: Optional[NumpyColumns] = None
-        self._rest: Any = None
-        self.files = files
-        self.file_rows = [p.num_rows for p in parts]
-        self.num_rows = ds.num_rows
-        if source.num_shards:
-            per = -(-self.num_rows // source.num_shards)
-        else:
-            per = _ARROW_BLOCK_ROWS
-        n_full, rest = divmod(self.num_rows, per)
-        self.block_lengths = [per] * n_full + ([rest] if rest else [])
+            where = ",".join(files)
+        self._open(ds, where, files, [p.num_rows for p in parts], source.columns, source.num_shards)
         self.fingerprint = files_fingerprint(files, self.file_rows)
 
+    @classmethod
+    def from_dataset(cls, ds: datasets.Dataset, where: str, indices: Optional[np.ndarray], fingerprint: str) -> "ArrowStore":
+        """A store over a ``Dataset`` object the user holds; ``indices`` is its indices mapping
+        (``stores/objects.py`` reads it), through which rows are looked up."""
+        store = cls.__new__(cls)
+        files = [f["filename"] for f in ds.cache_files]
+        store._open(ds, where, files, [datasets.Dataset.from_file(f).num_rows for f in files] if len(files) > 1 else [len(ds.data)], None, None)
+        store._indices = indices
+        if indices is not None:
+            store.num_rows = len(indices)
+            store.block_lengths = _blocks(store.num_rows, None)
+        store.fingerprint = fingerprint
+        return store
+
+    def _open(self, ds: datasets.Dataset, where: str, files: list[str], file_rows: list[int], columns: Optional[list[str]], num_shards: Optional[int]) -> None:
+        self.where = where
+        self.features = select_columns(ds.features, columns, self.where)
+        self._table = ds.select_columns(list(self.features)).data  # memory-mapped datasets.Table (no indices)
+        self._arrays: Optional[NumpyColumns] = None
+        self._rest: Any = None
+        self._indices: Optional[np.ndarray] = None
+        self.files = files
+        self.file_rows = file_rows
+        self.num_rows = len(ds.data)
+        self.block_lengths = _blocks(self.num_rows, num_shards)
+
     def take(self, rows: np.ndarray) -> pa.Table:
+        if self._indices is not None:
+            rows = self._indices[rows]
         # datasets' own gather over the memory-mapped record batches: ~20x faster than __getitem__.
         return self._table.fast_gather(rows)
 
@@ -77,12 +93,23 @@ class ArrowStore(BlockStore):
             self._arrays = NumpyColumns(self._table.table, plain)
             rest = [name for name in self.features if name not in self._arrays.views]
             self._rest = self._table.select(rest) if rest else None
+        if self._indices is not None:
+            rows = self._indices[rows]
         arrays = self._arrays.gather(rows)
         return (self._rest.fast_gather(rows) if self._rest is not None else None), arrays
 
     def describe(self, row: int) -> str:
+        if self._indices is not None:
+            row = int(self._indices[row])
         for f, n in zip(self.files, self.file_rows):
             if row < n:
                 return f"{f} row {row}"
             row -= n
         return f"{self.where} row {row}"
+
+
+def _blocks(num_rows: int, num_shards: Optional[int]) -> list[int]:
+    """Block lengths: ``num_shards`` contiguous pieces, or pieces of ``_ARROW_BLOCK_ROWS``."""
+    per = -(-num_rows // num_shards) if num_shards else _ARROW_BLOCK_ROWS
+    n_full, rest = divmod(num_rows, per)
+    return [per] * n_full + ([rest] if rest else [])

@@ -1,0 +1,256 @@
+"""Stores for the ``datasets`` objects users already hold (:class:`~lightning_stream.spec.DatasetSource`).
+
+- A ``Dataset`` is read by index from its arrow table, through its indices mapping when it has
+  one; a format (``with_format``, ``with_transform``) is applied to each batch in the workers.
+- An ``IterableDataset`` whose rows come from files that can be read by index
+  (``Dataset.to_iterable_dataset``, ``load_dataset("parquet"|"arrow", streaming=True)``) is read
+  by index from those files: known length, O(1) resume. Its own chain (``map``, ``filter``,
+  ``select_columns``, ``rename_column``, ``remove_columns``, ``cast_column``, formatting) is
+  replayed by ``datasets`` itself on each batch's rows, in the worker: once per row, never on
+  rows a resume skips. Its ``shuffle()`` is replaced by ours (logged once).
+
+``datasets`` has no public API to take a chain apart, so this module reads a few private
+attributes of ``IterableDataset`` (``_ex_iterable``, ``_distributed``) and of its examples
+iterables (``ex_iterable``, ``generate_tables_fn``, ``kwargs``), and of ``Dataset``
+(``_indices``, ``_fingerprint``). They are confined here; ``tests/test_objects.py`` pins them, so a
+``datasets`` release that moves them fails there, by name, rather than anywhere else.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterator
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+
+import datasets
+from datasets.iterable_dataset import (
+    ArrowExamplesIterable,
+    BufferShuffledExamplesIterable,
+    InterleavedShardsExamplesIterable,
+)
+
+from ..spec import DatasetSource, Source
+from .arrow import ArrowStore
+from .base import fingerprint
+from .parquet import ParquetStore
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ChainStore", "open_dataset"]
+
+
+def open_dataset(spec: DatasetSource, *, cache_rows: int) -> Any:
+    """The store that reads ``spec.dataset`` (random access wherever its rows allow it)."""
+    ds = spec.dataset
+    if isinstance(ds, datasets.Dataset):
+        return _dataset_store(ds, spec.path)
+    if isinstance(ds, datasets.IterableDataset):
+        return _iterable_store(ds, spec.path, cache_rows)
+    raise TypeError(f"expected a datasets.Dataset or IterableDataset, got {type(ds).__name__}")
+
+
+# -- Dataset --------------------------------------------------------------------------------------
+def _dataset_store(ds: datasets.Dataset, where: str) -> Any:
+    mapping = getattr(ds, "_indices", None)  # private: the indices mapping of shuffle/select/filter
+    indices = mapping.column(0).to_numpy().astype(np.int64) if mapping is not None else None
+    if indices is not None:
+        log.info("%s has an indices mapping (shuffle/select/filter): its rows are read in that order, then shuffled each epoch", where)
+    store = ArrowStore.from_dataset(ds, where, indices, fingerprint(["dataset", getattr(ds, "_fingerprint", None), len(ds)]))
+    fmt = ds.format
+    if fmt["type"] is None:
+        return store
+    return ChainStore(store, _Format(fmt, ds.features), f"format {fmt['type']!r}")
+
+
+class _Format:
+    """A ``Dataset``'s format (``with_format``/``with_transform``) applied to a batch's arrow rows."""
+
+    def __init__(self, fmt: dict, features: datasets.Features) -> None:
+        self.fmt, self.features = fmt, features
+
+    def __call__(self, table: pa.Table) -> dict[str, Any]:
+        from datasets.formatting import format_table, get_formatter
+
+        f = self.fmt
+        formatter = get_formatter(f["type"], features=self.features, **f["format_kwargs"])
+        out = format_table(table, range(table.num_rows), formatter, format_columns=f["columns"], output_all_columns=f["output_all_columns"])
+        return dict(out)
+
+
+# -- IterableDataset ------------------------------------------------------------------------------
+def _iterable_store(ids: datasets.IterableDataset, where: str, cache_rows: int) -> Any:
+    if getattr(ids, "_distributed", None) is not None:
+        raise ValueError(
+            f"{where} was split with split_dataset_by_node: pass the whole IterableDataset, StreamingDataModule "
+            "splits it over ranks and workers itself (every rank the same number of steps)"
+        )
+    nodes, base = _chain_of(ids, where)
+    base_store = _base_store(base, where, cache_rows)
+    if base_store is None:
+        raise ValueError(
+            f"{where}: its rows come from {_describe_base(base)}, which cannot be read by index. Pass the files "
+            "instead (a Source, e.g. Source(path='json', data_files=...)), or the Dataset before to_iterable_dataset()"
+        )
+    if not nodes:
+        return base_store
+    replay = _Replay(ids, nodes)
+    return ChainStore(base_store, replay, replay.describe())
+
+
+def _chain_of(ids: datasets.IterableDataset, where: str) -> tuple[list[Any], Any]:
+    """The chain's nodes above its base, outermost first (shuffles dropped), and the base iterable."""
+    nodes, shuffled = [], False
+    node = ids._ex_iterable
+    while hasattr(node, "ex_iterable"):
+        if isinstance(node, (BufferShuffledExamplesIterable, InterleavedShardsExamplesIterable)):
+            shuffled = True
+        else:
+            nodes.append(node)
+        node = node.ex_iterable
+    if not isinstance(node, ArrowExamplesIterable):
+        raise ValueError(f"{where}: its rows come from {_describe_base(node)}, which cannot be read by index")
+    unsupported = [type(n).__name__ for n in nodes if type(n).__name__ in _NOT_REPLAYED]
+    if unsupported:
+        raise ValueError(
+            f"{where} has {', '.join(unsupported)} in its chain (skip/take/shard/interleave), which would change which "
+            "rows an epoch holds: use Source(split='train[a:b]') slicing, or pass the dataset without them"
+        )
+    if shuffled:
+        log.info("%s: its shuffle() is replaced by StreamingDataModule's (seed, epoch) shuffle, which resumes exactly", where)
+    return nodes, node
+
+
+_NOT_REPLAYED = {"SkipExamplesIterable", "TakeExamplesIterable", "StepExamplesIterable", "RepeatExamplesIterable"}
+
+
+def _base_store(base: ArrowExamplesIterable, where: str, cache_rows: int) -> Any:
+    fn, kwargs = base.generate_tables_fn, base.kwargs
+    if getattr(fn, "__qualname__", "") == "Dataset._generate_tables_from_shards":
+        shards = kwargs["shards"]
+        ds = datasets.concatenate_datasets(shards) if len(shards) > 1 else shards[0]
+        return _dataset_store(ds.with_format(None), where)
+    builder = getattr(fn, "__self__", None)
+    files = kwargs.get("files")
+    if builder is None or not files or any(g is not None for g in kwargs.get("row_groups_list", [None])):
+        return None
+    files = [str(f) for f in files]
+    name = getattr(builder, "name", None)
+    if name == "parquet":
+        return ParquetStore(Source(path="parquet", data_files=files), cache_rows=cache_rows)
+    if name == "arrow":
+        return ArrowStore(Source(path="arrow", data_files=files))
+    return None
+
+
+def _describe_base(base: Any) -> str:
+    fn = getattr(base, "generate_tables_fn", None) or getattr(base, "generate_examples_fn", None)
+    return f"{type(base).__name__}({getattr(fn, '__qualname__', fn)})"
+
+
+def _one_table(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
+    yield "batch", table
+
+
+class _Replay:
+    """The user's chain, re-rooted on one batch's rows and run by ``datasets``."""
+
+    def __init__(self, ids: datasets.IterableDataset, nodes: list[Any]) -> None:
+        self.ids, self.nodes = ids, nodes
+
+    def describe(self) -> str:
+        names = []
+        for n in reversed(self.nodes):
+            fn = getattr(n, "function", None)
+            fn = getattr(fn, "args", (None,))[0] if hasattr(fn, "func") and getattr(fn, "args", None) else fn
+            names.append(f"{type(n).__name__}({getattr(fn, '__qualname__', '')})" if fn is not None else type(n).__name__)
+        return " -> ".join(names)
+
+    def __call__(self, table: pa.Table) -> dict[str, Any]:
+        child: Any = ArrowExamplesIterable(_one_table, kwargs={"table": table})
+        for node in reversed(self.nodes):
+            node = copy.copy(node)
+            node.ex_iterable = child
+            child = node
+        # Not copy.copy: IterableDataset.__getstate__ returns its own __dict__, so a copy would share it.
+        ids = object.__new__(type(self.ids))
+        ids.__dict__ = {**self.ids.__dict__, "_ex_iterable": child}
+        out: dict[str, list] = {}
+        for batch in ids.iter(batch_size=max(1, table.num_rows)):
+            for k, v in batch.items():
+                out.setdefault(k, []).extend(v if isinstance(v, list) else list(v))
+        return out
+
+
+class ChainStore:
+    """A store whose rows go through a per-batch function (``chain``) before the pipeline.
+
+    Everything else is the base store's; the fast numpy path is not offered, since the chain
+    takes arrow rows.
+    """
+
+    def __init__(self, base: Any, chain: Any, what: str) -> None:
+        self._base, self.chain, self.what = base, chain, what
+        self.fingerprint = fingerprint([base.fingerprint, what])
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_base", "take_arrays") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+
+def sliced(store: Any, split: str, where: str) -> Any:
+    """``store`` cut to the rows that ``datasets``' split slicing names (``"train[:90%]"``)."""
+    if store.num_rows is None or not store.random_access:
+        raise ValueError(
+            f"{where}: split={split!r} slices rows, which needs a source that knows its length (parquet, arrow, "
+            "save_to_disk, a Dataset); this one is a stream. Filter it instead, e.g. filter=lambda b: ..."
+        )
+    name = split.partition("[")[0]
+    try:
+        instruction = datasets.ReadInstruction.from_spec(split)
+        (absolute,) = instruction.to_absolute({name: store.num_rows})
+    except (ValueError, AssertionError) as err:
+        raise ValueError(f"{where}: split={split!r} is not datasets' slicing syntax ('train[:90%]', 'train[1000:]'): {err}") from err
+    return SliceStore(store, absolute.from_, absolute.to, split)
+
+
+class SliceStore:
+    """Rows ``[start, stop)`` of a random-access store, as a store of their own."""
+
+    def __init__(self, base: Any, start: int, stop: int, split: str) -> None:
+        self._base, self.start, self.stop = base, int(start), int(stop)
+        self.num_rows = self.stop - self.start
+        self.fingerprint = fingerprint([base.fingerprint, split, self.start, self.stop])
+        self.where = f"{base.where}[{self.start}:{self.stop}]"
+        self.block_lengths = _cut(base.block_lengths, self.start, self.stop)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("_base", "take_arrays", "read_ahead", "reads_ahead") or name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._base, name)
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        return self._base.take(np.asarray(rows) + self.start)
+
+    def describe(self, row: int) -> str:
+        return self._base.describe(row + self.start)
+
+    def epoch_order(self, **kwargs: Any) -> Any:
+        from ..order import EpochOrder
+
+        return EpochOrder(self.block_lengths, **kwargs)
+
+
+def _cut(blocks: list[int], start: int, stop: int) -> list[int]:
+    """Block lengths of ``[start, stop)`` of a sequence of blocks (the rows keep their blocks)."""
+    out, at = [], 0
+    for n in blocks:
+        a, b = max(at, start), min(at + n, stop)
+        if b > a:
+            out.append(b - a)
+        at += n
+    return out
