@@ -29,6 +29,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
 from .order import shard_lanes
+from .rng import batch_rng
 from .spec import Source
 from .split import EvalLayout, Layout
 from .stores import open_store
@@ -72,6 +73,7 @@ class _Options:
     pad: bool = False
     evaluation: bool = False
     batch_format: Literal["python", "numpy"] = "python"
+    in_order: bool = False  # evaluation batches in row order within a rank (predict), not per-worker runs
 
 
 class StreamingDataset(IterableDataset):
@@ -140,12 +142,13 @@ class StreamingDataset(IterableDataset):
             order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size)
 
             def rows_of(step: int) -> np.ndarray:
-                a, b = layout.batch_range(step, self.rank, num_workers)
+                a, b = layout.batch_range(step, self.rank, 1 if o.in_order else num_workers)
                 positions = np.arange(a, b)
                 return order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
 
             for step, rows in self._planned(store, range(worker, layout.num_steps, num_workers), rows_of):
-                yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])))
+                key = (layout.batch_range(step, self.rank, 1 if o.in_order else num_workers)[0],)
+                yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), key=(epoch, *key))
             return
         if lanes > 1:
             yield from self._stream_lanes(store, epoch, start, lanes, worker, num_workers)
@@ -164,7 +167,7 @@ class StreamingDataset(IterableDataset):
             else:
                 layout = Layout(start + (step + 1) * step_rows, start, o.batch_size, self.world_size, o.drop_last)
             a, b = layout.batch_range(step, self.rank)
-            yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i))
+            yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i), key=(epoch, a))
             step += num_workers
 
     def _planned(self, store: Any, steps: range, rows_of: Callable[[int], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
@@ -223,7 +226,8 @@ class StreamingDataset(IterableDataset):
                 b = windows.num_rows if windows.available(a) and not o.drop_last else a
             if b > a:
                 anchor = (lane, *windows.anchor(a // o.window))
-                yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a, lane=lane: f"{store.where} (lane {lane} row {a + i})", anchor)
+                describe = lambda i, a=a, lane=lane: f"{store.where} (lane {lane} row {a + i})"  # noqa: E731
+                yield self._make(step, _Rows.of(windows.take(a, b)), describe, anchor, key=(epoch, a, lane))
                 continue
             ended.add(lane)
             if self.world_size > 1 or ended >= mine:
@@ -238,13 +242,22 @@ class StreamingDataset(IterableDataset):
         table, arrays = take_arrays(rows)
         return _Rows(table, arrays, len(rows))
 
-    def _make(self, step: int, rows: "_Rows", describe: Callable[[int], str], anchor: Optional[tuple[int, int, int]] = None) -> Any:
-        batch, skipped = self._process(rows, describe)
-        header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped, anchor=anchor)
-        item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
+    def _make(
+        self, step: int, rows: "_Rows", describe: Callable[[int], str], anchor: Optional[tuple[int, int, int]] = None, *, key: tuple[int, ...]
+    ) -> Any:
+        # Seeded by where the batch is, not by the worker's history: random transforms (and random
+        # collators, e.g. masking) draw the same numbers after a resume and with any num_workers.
+        with batch_rng(self.options.seed, key[0], key[1:]):
+            batch, skipped = self._process(rows, describe)
+            header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped, anchor=anchor)
+            item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
         return ByValue(item) if get_worker_info() is not None else item
 
     def _transform(self, rows: "_Rows") -> dict[str, Any]:
+        chain = getattr(self.store, "chain", None)
+        if chain is not None:  # a datasets object's own map/filter chain or format decodes and maps first
+            batch = chain(rows.table)
+            return self.options.pipeline(batch) if self.options.pipeline else batch
         features = self.store.features
         numpy = self.options.batch_format == "numpy"
         columns = dict(zip(rows.table.column_names, rows.table.columns)) if rows.table is not None else {}

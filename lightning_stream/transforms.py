@@ -17,6 +17,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .rng import current_rng
+
 __all__ = ["Map", "Filter", "Pipeline", "as_pipeline", "resolve_callable"]
 
 Batch = dict[str, list]
@@ -65,6 +67,9 @@ class Map:
         batched: whether ``function`` takes a batch.
         fn_kwargs: extra keyword arguments for ``function``.
         remove_columns: input columns to drop before the output is merged in.
+        with_rng: pass ``rng=``, the batch's ``numpy.random.Generator``, seeded from
+            ``(seed, epoch, the batch's place in the epoch)``: draws are the same after a resume
+            and with any ``num_workers`` (``rng.py``).
 
     Example:
         >>> Map(lambda b: {"n": [len(t) for t in b["text"]]})({"text": ["ab", "c"]})
@@ -75,14 +80,16 @@ class Map:
     batched: bool = True
     fn_kwargs: dict[str, Any] = field(default_factory=dict)
     remove_columns: Optional[list[str]] = None
+    with_rng: bool = False
 
     def __call__(self, batch: Batch) -> Batch:
         fn = resolve_callable(self.function)
         name = getattr(fn, "__qualname__", type(fn).__name__)
+        kwargs = {**self.fn_kwargs, "rng": current_rng()} if self.with_rng else self.fn_kwargs
         if self.batched:
-            out = _call(fn, batch, self.fn_kwargs, name)
+            out = _call(fn, batch, kwargs, name)
         else:
-            outs = [_call(fn, row, self.fn_kwargs, name) for row in _rows(batch)]
+            outs = [_call(fn, row, kwargs, name) for row in _rows(batch)]
             out = _columns(outs, list(outs[0])) if outs else {}
         if not isinstance(out, dict):
             raise TypeError(f"transform {name} must return a dict of columns, got {type(out).__name__}")
