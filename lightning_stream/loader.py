@@ -83,7 +83,13 @@ class StreamingDataLoader(StatefulDataLoader):
         max_skipped: Optional[float] = None,
         lanes: Optional[int] = None,
         strict_resume: bool = True,
+        sampler: None = None,
+        batch_sampler: None = None,
     ) -> None:
+        # ``sampler``/``batch_sampler`` exist so that Lightning can rebuild the loader from its
+        # __init__ arguments (it does for trainer.predict); the dataset makes its own batches.
+        if sampler is not None or batch_sampler is not None:
+            raise ValueError("StreamingDataLoader makes its own batches: it takes no sampler or batch_sampler")
         super().__init__(
             dataset,
             batch_size=None,
