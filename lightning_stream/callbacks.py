@@ -33,17 +33,17 @@ def _train_loader(trainer: pl.Trainer) -> Any:
     return loader if isinstance(loader, StreamingDataLoader) else None
 
 
-def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[bool, Optional[str]]:
-    """Whether ``checkpoint`` was written mid-epoch, and if so where it was (for messages)."""
+def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[Optional[dict], Optional[str]]:
+    """The loader state in ``checkpoint`` (None if absent), and where the checkpoint was written
+    if it was mid-epoch without one (for the message)."""
     fit = checkpoint.get("loops", {}).get("fit_loop", {})
+    states = fit.get("state_dict", {}).get("combined_loader") or []
+    found = next((s for s in states if isinstance(s, dict) and "position" in s and "version" in s), None)
     progress = fit.get("epoch_loop.batch_progress", {})
     batches = progress.get("current", {}).get("processed", 0)
-    if not batches or progress.get("is_last_batch", False):
-        return False, None
-    states = fit.get("state_dict", {}).get("combined_loader") or []
-    if any(isinstance(s, dict) and "position" in s and "version" in s for s in states):
-        return False, None
-    return True, f"after batch {batches} of epoch {checkpoint.get('epoch', '?')}"
+    if found is not None or not batches or progress.get("is_last_batch", False):
+        return found, None
+    return None, f"after batch {batches} of epoch {checkpoint.get('epoch', '?')}"
 
 
 class StreamingCallback(pl.Callback):
@@ -65,6 +65,7 @@ class StreamingCallback(pl.Callback):
         self._wait = self._total = 0.0
         self._steps = 0
         self._warned = False
+        self._restored: Optional[dict] = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         loader = _train_loader(trainer)
@@ -84,9 +85,17 @@ class StreamingCallback(pl.Callback):
         if loader is not None:
             loader.set_epoch(trainer.current_epoch)
 
+    def take_restored_state(self) -> Optional[dict]:
+        """The loader state of the checkpoint being resumed, once (the datamodule loads it into the
+        train loader it makes). Lightning restores its loop's loaders itself too, but only when the
+        loader is made after the loops are restored: a ``configure_optimizers`` that reads
+        ``trainer.estimated_stepping_batches`` makes it earlier, and the position would be lost."""
+        state, self._restored = self._restored, None
+        return state
+
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        stripped, where = _loader_state_in(checkpoint)
-        if not stripped:
+        self._restored, where = _loader_state_in(checkpoint)
+        if where is None:
             return
         message = (
             f"the checkpoint was written mid-epoch ({where}) but holds no lightning_stream loader position "

@@ -302,6 +302,9 @@ class StreamingDataModule(pl.LightningDataModule):
             # A loader made anew at a later epoch (reload_dataloaders_every_n_epochs) starts there;
             # from then on the callback pushes each epoch, and a checkpoint's state overrides both.
             loader.set_epoch(self.trainer.current_epoch)
+            for callback in self.trainer.callbacks:
+                if isinstance(callback, StreamingCallback) and (state := callback.take_restored_state()):
+                    loader.load_state_dict(state)
         self.train_loader = loader
         return loader
 

@@ -109,6 +109,7 @@ class StreamingDataLoader(StatefulDataLoader):
         self.acked_externally = False
         self._epoch = 0
         self._resume: Optional[LoaderState] = None  # loaded, applied by the next iteration of its epoch
+        self._loaded: Optional[LoaderState] = None  # the state last loaded, as saved
         self._progress: Optional[dict] = None
         self._awaiting: deque[tuple[int, Any]] = deque()  # (step, stream anchor) of yielded, untrained batches
         self._anchors: Optional[list[list[int]]] = None  # a stream's lanes: [k, row] where each resumes reading
@@ -299,6 +300,9 @@ class StreamingDataLoader(StatefulDataLoader):
         if not state_dict:
             return
         saved = LoaderState.from_dict(state_dict)
+        if saved == self._loaded and self._progress is None:
+            return  # the same state again, not begun yet: Lightning's own restore after the datamodule's
+        self._loaded = saved
         saved = check_state(saved, self._state(), strict=self.strict_resume if strict is None else strict)
         if saved.lanes != self.lanes and not self.dataset.options.evaluation:
             # The order keeps the lanes it started with, whatever the topology now.
