@@ -147,9 +147,22 @@ class TinyCausalLM(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["input_ids"]))
         return loss
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self.val_loss.update(self._loss(batch), weight=len(batch["input_ids"]))
-        self.log("val/loss", self.val_loss, prog_bar=True)
+    def setup(self, stage: str) -> None:
+        # One metric per validation set (``val={name: source, ...}``), logged as ``val/<name>/loss``;
+        # a single set keeps the plain ``val/loss``.
+        names = getattr(self.trainer.datamodule, "val_names", None) if self._trainer is not None else None
+        if names and len(names) > 1:
+            self.val_losses = torch.nn.ModuleDict({name: MeanMetric() for name in names})
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        losses = getattr(self, "val_losses", None)
+        if losses is None:
+            self.val_loss.update(self._loss(batch), weight=len(batch["input_ids"]))
+            self.log("val/loss", self.val_loss, prog_bar=True)
+            return
+        name = list(losses)[dataloader_idx]
+        losses[name].update(self._loss(batch), weight=len(batch["input_ids"]))
+        self.log(f"val/{name}/loss", losses[name], prog_bar=True, add_dataloader_idx=False)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.learning_rate, weight_decay=0.01)
