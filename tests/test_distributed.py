@@ -139,7 +139,7 @@ def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(t
     run(tmp_path / "a", *common)
     run(tmp_path / "b", *common, "--max-steps", 20, "--ckpt-every", 20)
     run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=20.ckpt")
-    state = torch.load(tmp_path / "b" / "ckpt" / "step=20.ckpt", weights_only=True)["StreamingDataModule"]["train"]
+    (state,) = torch.load(tmp_path / "b" / "ckpt" / "step=20.ckpt", weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     # 10 batches of 16 into each 250-row lane: the window of rows 128-191 begins in its 2nd shard.
     assert state["lanes"] == 4 and state["anchors"] == [[1, 125]] * 4
     r0, r1 = batches(tmp_path / "a", 0), batches(tmp_path / "a", 1)
