@@ -48,7 +48,21 @@ def test_tiny_yaml_fits_resumes_and_predicts(tmp_path, monkeypatch, capsys) -> N
     assert capsys.readouterr().out.endswith("\n")
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "gpu.yaml", "hub.yaml"])
+def test_conversation_yaml_fits(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    StreamingCLI(args=[
+        "fit", "--config", os.path.join(EXAMPLES, "conversation.yaml"),
+        "--data.prepare.init_args.num_rows=16", "--data.prepare.init_args.val_rows=8",
+        "--data.prepare.init_args.num_shards=1", "--data.prepare.init_args.image_size=32",
+        "--trainer.max_epochs=1", "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ])
+    assert (tmp_path / "runs" / "vlm-chat" / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "name", ["tiny.yaml", "gpu.yaml", "hub.yaml", "hub-qwen2vl.yaml", "conversation.yaml"]
+)
 def test_example_configs_validate(name: str, capsys) -> None:
     # --print_config parses and type-checks the whole config without building anything.
     with pytest.raises(SystemExit) as info:

@@ -18,7 +18,7 @@ def rows() -> list[dict]:
             "input_ids": [5, 6, 7, 8],
             "attention_mask": [1, 1, 1, 1],
             "labels": [-100, -100, 7, 8],
-            "pixel_values": np.ones((3, 4, 4), np.float32),
+            "pixel_values": np.ones((1, 3, 4, 4), np.float32),  # one image
             "image": Image.new("RGB", (4, 4)),
             "question": "What?",
             "answer": "red",
@@ -28,7 +28,7 @@ def rows() -> list[dict]:
             "input_ids": [5, 6],
             "attention_mask": [1, 1],
             "labels": [-100, 6],
-            "pixel_values": np.zeros((3, 4, 4), np.float32),
+            "pixel_values": np.zeros((1, 3, 4, 4), np.float32),
             "image": Image.new("RGB", (4, 4)),
             "question": "Where?",
             "answer": "left",
@@ -64,11 +64,41 @@ def test_left_padding() -> None:
 
 def test_varying_image_tiles_are_zero_padded() -> None:
     data = rows()
-    data[0]["pixel_values"] = np.ones((3, 3, 4, 4), np.float32)  # 3 tiles
-    data[1]["pixel_values"] = np.ones((1, 3, 4, 4), np.float32)  # 1 tile
+    data[0]["pixel_values"] = np.ones((1, 3, 3, 4, 4), np.float32)  # 1 image of 3 tiles
+    data[1]["pixel_values"] = np.ones((1, 1, 3, 4, 4), np.float32)  # 1 image of 1 tile
     batch = VLMCollator(pad_token_id=0)(data)
     assert batch["pixel_values"].shape == (2, 3, 3, 4, 4)
     assert batch["pixel_values"][1, 1:].eq(0).all() and batch["pixel_values"][1, 0].eq(1).all()
+
+
+def test_images_concatenate_over_rows_with_0_1_2_images() -> None:
+    data = rows()
+    data[0]["pixel_values"] = np.ones((2, 3, 4, 4), np.float32)  # two images
+    data[0]["image_grid_thw"] = np.array([[1, 2, 2], [1, 2, 2]])
+    data[1]["pixel_values"] = None  # text only
+    data.append(dict(data[1], pixel_values=np.full((1, 3, 4, 4), 2, np.float32),
+                     image_grid_thw=np.array([[1, 2, 2]]), batch_num_images=np.array([1])))
+    batch = VLMCollator(pad_token_id=0)(data)
+    assert batch["pixel_values"].shape == (3, 3, 4, 4)
+    assert batch["pixel_values"][2].eq(2).all()
+    assert batch["image_grid_thw"].shape == (3, 3)
+    assert batch["batch_num_images"].tolist() == [0, 0, 1]
+
+
+def test_per_row_families_pad_a_text_only_row_with_a_blank_image() -> None:
+    data = rows()
+    data[0]["pixel_values"] = np.ones((1, 5, 3, 4, 4), np.float32)  # Idefics3: (row, tiles, ...)
+    data[1]["pixel_values"] = None
+    batch = VLMCollator(pad_token_id=0, images_per_row=True)(data)
+    assert batch["pixel_values"].shape == (2, 5, 3, 4, 4)
+    assert batch["pixel_values"][1].eq(0).all()
+
+
+def test_labels_must_align_with_input_ids() -> None:
+    data = rows()
+    data[1]["labels"] = [-100] * 7
+    with pytest.raises(ValueError, match="row 1: 'labels' has 7 tokens but 'input_ids' has 2"):
+        VLMCollator(pad_token_id=0)(data)
 
 
 def test_pad_id_comes_from_the_processor(tmp_path) -> None:
@@ -91,7 +121,7 @@ def test_real_transform_rows_collate(tmp_path) -> None:
     )
     batch = VLMCollator(processor=model_dir)([{k: v[i] for k, v in out.items()} for i in range(2)])
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
-    assert batch["pixel_values"].shape == (2, 3, 16, 16)
+    assert batch["pixel_values"].shape == (2, 3, 16, 16)  # one image per row
     assert batch["attention_mask"].sum().item() == sum(len(ids) for ids in out["input_ids"])
 
 

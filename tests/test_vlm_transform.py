@@ -57,7 +57,7 @@ def test_labels_cover_only_the_answer_and_end_of_turn(transform: VLMTransform) -
     assert len(image_positions) == N_IMAGE_TOKENS
     assert all(labels[i] == IGNORE_INDEX for i in range(supervised[0]))
     assert row["pixel_values"].dtype == np.float32
-    assert row["pixel_values"].shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    assert row["pixel_values"].shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE)  # one image
 
 
 def test_batched_output_has_one_entry_per_row(transform: VLMTransform) -> None:
@@ -109,7 +109,7 @@ ODD_IMAGES = {
 def test_odd_sizes_and_modes(transform: VLMTransform, kind: str) -> None:
     row = one(transform, ODD_IMAGES[kind]())
     pixels = row["pixel_values"]
-    assert pixels.shape == (3, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(pixels).all()
+    assert pixels.shape == (1, 3, IMAGE_SIZE, IMAGE_SIZE) and np.isfinite(pixels).all()
     assert row["input_ids"].count(image_token_id(transform)) == N_IMAGE_TOKENS
 
 
@@ -117,7 +117,7 @@ def test_tiny_image_keeps_its_colour(transform: VLMTransform) -> None:
     # A 1x1 array is easy to misread as channels-first; it must stay a red image.
     tiny = one(transform, red((1, 1)))["pixel_values"]
     np.testing.assert_allclose(tiny, one(transform, red((20, 20)))["pixel_values"], atol=1e-5)
-    assert tiny[0].mean() > tiny[1].mean() + 1  # red channel stays the bright one
+    assert tiny[0, 0].mean() > tiny[0, 1].mean() + 1  # red channel stays the bright one
 
 
 def test_transparent_pixels_become_white() -> None:
@@ -143,7 +143,6 @@ def test_image_given_as_bytes_dict_path_or_array(transform: VLMTransform, tmp_pa
 @pytest.mark.parametrize(
     "value, message",
     [
-        (None, "image column 'picture': image is missing (None)"),
         ({"bytes": None, "path": None}, "image column 'picture': image is missing"),
         (b"not an image", "image column 'picture': cannot decode image (PIL.UnidentifiedImageError"),
         (b"", "image column 'picture': cannot decode image"),
@@ -158,6 +157,17 @@ def test_bad_image_raises_value_error_naming_the_column(model_dir, value, messag
         transform(batch)
     assert str(info.value).startswith(message)
     assert "row 1 (id=41)" in str(info.value)
+
+
+def test_row_without_image_is_trained_as_text(model_dir) -> None:
+    transform = VLMTransform(model_dir, image_column="picture")
+    batch = {"picture": [None, red()], "question": ["Hi?", "q?"], "answer": ["hello", "a"]}
+    out = transform(batch)
+    assert out["pixel_values"][0] is None and out["pixel_values"][1].shape[0] == 1
+    assert image_token_id(transform) not in out["input_ids"][0]
+    tokenizer = transform._lazy.tokenizer
+    answer = [t for t, label in zip(out["input_ids"][0], out["labels"][0]) if label != IGNORE_INDEX]
+    assert tokenizer.decode(answer) == "hello<|end|>"
 
 
 def test_truncated_png_is_reported(transform: VLMTransform) -> None:

@@ -9,6 +9,10 @@ pay for importing Lightning and the model classes):
 - :class:`ShapesData`, :func:`make_shapes`, :func:`build_tiny_vlm` -- offline synthetic data
   and a tiny VLM that learns it on a CPU.
 - :func:`load_image` -- any image value to RGB ``PIL.Image``.
+- :func:`make_shape_chats` -- the shapes data as multi-turn, multi-image conversations.
+- :func:`build_family` -- a tiny random-weight Qwen2/2.5/3-VL, Idefics3, SmolVLM, PaliGemma,
+  LLaVA(-NeXT, -OneVision) or Gemma 3, config and processor, built offline.
+- :func:`load_processor` -- ``AutoProcessor.from_pretrained`` that works without torchvision.
 
 Example:
     >>> from lightning_stream.vlm import VLMTransform, VLMCollator
@@ -26,7 +30,10 @@ if TYPE_CHECKING:
     from lightning_stream.vlm.data import ShapesData, build_tiny_vlm, make_shapes
     from lightning_stream.vlm.images import load_image
     from lightning_stream.vlm.module import VisionLanguageModel
+    from lightning_stream.vlm.processor import load_processor
+    from lightning_stream.vlm.shapes_chat import make_shape_chats
     from lightning_stream.vlm.transform import VLMTransform
+    from lightning_stream.vlm.zoo import build_family
 
 _EXPORTS = {
     "VisionLanguageModel": "module",
@@ -36,6 +43,9 @@ _EXPORTS = {
     "make_shapes": "shapes",
     "build_tiny_vlm": "tiny",
     "load_image": "images",
+    "make_shape_chats": "shapes_chat",
+    "build_family": "zoo",
+    "load_processor": "processor",
 }
 
 __all__ = sorted(_EXPORTS)

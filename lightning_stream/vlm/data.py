@@ -61,6 +61,9 @@ class ShapesData:
             ``<out_dir>/model``. Set it to ``""`` to skip the model.
         model_kwargs: extra arguments for :func:`build_tiny_vlm` (``hidden_size``, ...).
         workers: processes rendering shards in parallel (for large ``num_rows``).
+        chat_dir: also write the conversation variant
+            (:func:`~lightning_stream.vlm.shapes_chat.make_shape_chats`, ``num_rows`` +
+            ``val_rows`` rows) there; ``None`` skips it.
 
     Example (YAML)::
 
@@ -81,6 +84,7 @@ class ShapesData:
         model_dir: str | None = None,
         model_kwargs: dict[str, Any] | None = None,
         workers: int = 1,
+        chat_dir: str | None = None,
     ) -> None:
         self.out_dir = out_dir
         self.num_rows = num_rows
@@ -91,6 +95,7 @@ class ShapesData:
         self.model_dir = os.path.join(out_dir, "model") if model_dir is None else model_dir
         self.model_kwargs = dict(model_kwargs or {})
         self.workers = workers
+        self.chat_dir = chat_dir
 
     def __call__(self) -> str:
         make_shapes(
@@ -104,6 +109,10 @@ class ShapesData:
         )
         if self.model_dir:
             build_tiny_vlm(self.model_dir, image_size=self.image_size, **self.model_kwargs)
+        if self.chat_dir:
+            from lightning_stream.vlm.shapes_chat import make_shape_chats
+
+            make_shape_chats(self.chat_dir, self.num_rows, self.seed, self.image_size, self.val_rows)
         return self.out_dir
 
     def __repr__(self) -> str:

@@ -184,12 +184,28 @@ class VisionLanguageModel(pl.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         logits, targets = self._answer_logits(batch)
+        if targets.numel() == 0:
+            self._no_supervised_tokens(batch)
         # The sum over zero tokens keeps the graph (and DDP's gradient sync) intact for a
-        # batch whose answers were all truncated away.
+        # later batch whose answers were all truncated away.
         loss = F.cross_entropy(logits, targets, reduction="sum") / max(1, targets.numel())
         if self._trainer is not None:  # also callable by hand, e.g. in a notebook
             self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
+
+    def _no_supervised_tokens(self, batch: dict[str, torch.Tensor]) -> None:
+        """A first batch with nothing to learn is a data bug, not bad luck: say so, loudly."""
+        self._empty_batches = getattr(self, "_empty_batches", 0) + 1
+        first = self._trainer is None or self.trainer.global_step == 0
+        if first:
+            raise ValueError(
+                "no supervised token in the batch: every label is -100, so the loss would be "
+                "0.0 and nothing would train. Likely causes: the rows' labels do not come "
+                "from VLMTransform (a processor's own labels, e.g. PaliGemma's without "
+                "`suffix`, are all -100), max_length cuts every answer away (the images "
+                "alone fill it), or the answers are empty"
+            )
+        log.warning("batch without supervised tokens skipped (%d so far)", self._empty_batches)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         logits, targets = self._answer_logits(batch)

@@ -17,7 +17,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LazyProcessor", "render_prompt", "build_messages"]
+__all__ = ["LazyProcessor", "load_processor", "without_video", "render_prompt", "build_messages"]
 
 
 class LazyProcessor:
@@ -45,10 +45,8 @@ class LazyProcessor:
     @property
     def processor(self) -> Any:
         if self._processor is None:
-            from transformers import AutoProcessor
-
             log.debug("loading processor %s", self.name_or_path)
-            self._processor = AutoProcessor.from_pretrained(self.name_or_path, **self.kwargs)
+            self._processor = load_processor(self.name_or_path, **self.kwargs)
         return self._processor
 
     @property
@@ -62,6 +60,107 @@ class LazyProcessor:
 
     def __repr__(self) -> str:
         return f"LazyProcessor({self.name_or_path!r})"
+
+
+def load_processor(name_or_path: str, **kwargs: Any) -> Any:
+    """``AutoProcessor.from_pretrained``, that also works where torchvision is missing.
+
+    Qwen-VL, SmolVLM and LLaVA-OneVision processors carry a video processor, and every
+    video processor needs torchvision, even to train on images. Without torchvision the
+    processor is built without it (images and text work; videos raise) and image
+    processors take their PIL backend. A torchvision that is installed but does not import
+    (a CUDA build next to a CPU torch) is reported, not silently worked around.
+
+    Example:
+        >>> load_processor("HuggingFaceTB/SmolVLM-256M-Instruct")  # doctest: +SKIP
+    """
+    from transformers import AutoProcessor
+
+    if _torchvision_imports():
+        return AutoProcessor.from_pretrained(name_or_path, **kwargs)
+    cls = _processor_class(name_or_path, kwargs)
+    if cls is None or "video_processor" not in cls.get_attributes():
+        return AutoProcessor.from_pretrained(name_or_path, **kwargs)
+    log.info("torchvision not installed: loading %s without its video processor", cls.__name__)
+    return without_video(cls).from_pretrained(name_or_path, **kwargs)
+
+
+def without_video(cls: type) -> type:
+    """``cls`` (a processor class) minus its video processor, under the same name.
+
+    The processor's own ``__init__`` runs unchanged; it just never receives a video
+    processor, so nothing that needs torchvision is built, and it saves like ``cls``.
+
+    Example:
+        >>> from transformers import Qwen2VLProcessor
+        >>> without_video(Qwen2VLProcessor).get_attributes()
+        ['image_processor', 'tokenizer']
+    """
+
+    attributes = [a for a in cls.get_attributes() if a != "video_processor"]
+
+    class Processor(cls):  # type: ignore[misc, valid-type]
+        @classmethod
+        def get_attributes(klass) -> list[str]:
+            return list(attributes)
+
+        @classmethod
+        def from_args_and_dict(klass, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+            # A saved video processor config is not ours to build; some processors make
+            # the argument required, so it is passed, as None.
+            processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
+            kwargs["video_processor"] = None
+            return super().from_args_and_dict(args, processor_dict, **kwargs)
+
+    Processor.__name__ = Processor.__qualname__ = cls.__name__
+    Processor.__module__ = cls.__module__
+    Processor.__doc__ = cls.__doc__
+    return Processor
+
+
+def _torchvision_imports() -> bool:
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        return False
+    try:
+        import torchvision  # noqa: F401
+    except Exception as err:  # the index's CUDA wheel beside a +cpu torch: RuntimeError
+        import torch
+
+        raise ImportError(
+            f"torchvision is installed but does not import next to torch {torch.__version__} "
+            f"({type(err).__name__}: {err}). lightning_stream.vlm does not need it: "
+            "`pip uninstall torchvision`, or install the build that matches your torch "
+            "(CPU: `pip install torchvision --index-url https://download.pytorch.org/whl/cpu`); "
+            "see examples/vlm/README.md"
+        ) from err
+    return True
+
+
+def _processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type | None:
+    """The processor class a checkpoint names, or its model type maps to; ``None`` if neither."""
+    import transformers
+    from transformers import AutoConfig
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
+    from transformers.processing_utils import ProcessorMixin
+
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+    try:
+        processor_dict, _ = ProcessorMixin.get_processor_dict(name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        processor_dict = {}
+    name = processor_dict.get("processor_class")
+    if name and hasattr(transformers, name):
+        return getattr(transformers, name)
+    try:
+        config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
+    return PROCESSOR_MAPPING.get(type(config), None)
+
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
 
 
 def build_messages(
