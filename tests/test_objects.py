@@ -5,6 +5,7 @@ import os
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 import datasets
 from lightning_stream import DatasetSource, Source, StreamingDataModule
@@ -151,3 +152,20 @@ def test_the_private_datasets_attributes_we_read_are_still_there(disk):
         node = node.ex_iterable
     assert isinstance(node, ArrowExamplesIterable)
     assert node.generate_tables_fn.__qualname__ == "Dataset._generate_tables_from_shards" and "shards" in node.kwargs
+
+
+def _generated(n):
+    for i in range(n):
+        yield {"id": i, "text": f"row {i}"}
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_a_generator_iterable_dataset_is_read_as_a_stream_and_resumes_exactly(tmp_path, num_workers):
+    def make():
+        ids = datasets.IterableDataset.from_generator(_generated, gen_kwargs={"n": 300}).map(lambda r: {"n": len(r["text"])})
+        return StreamingDataModule(train=ids.shuffle(seed=5, buffer_size=50), batch_size=16, num_workers=num_workers, buffer_size=64)
+
+    assert_resume_equivalent(make, stop_at_step=7, tmp_path=str(tmp_path), max_epochs=2)
+    batches = list(make().train_dataloader())
+    assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(300))
+    assert all((b["n"] == torch.tensor([len(f"row {i}") for i in b["id"].tolist()])).all() for b in batches)

@@ -7,7 +7,9 @@
   by index from those files: known length, O(1) resume. Its own chain (``map``, ``filter``,
   ``select_columns``, ``rename_column``, ``remove_columns``, ``cast_column``, formatting) is
   replayed by ``datasets`` itself on each batch's rows, in the worker: once per row, never on
-  rows a resume skips. Its ``shuffle()`` is replaced by ours (logged once).
+  rows a resume skips. Its ``shuffle()`` is replaced by ours (logged once). Any other
+  ``IterableDataset`` (a generator, json lines) is read front to back as a stream
+  (:class:`ObjectStream`), its chain running as it reads and its own shuffle following the epoch.
 
 ``datasets`` has no public API to take a chain apart, so this module reads a few private
 attributes of ``IterableDataset`` (``_ex_iterable``, ``_distributed``) and of its examples
@@ -37,10 +39,11 @@ from ..spec import DatasetSource, Source
 from .arrow import ArrowStore
 from .base import fingerprint
 from .parquet import ParquetStore
+from .stream import StreamStore
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ChainStore", "open_dataset"]
+__all__ = ["ChainStore", "ObjectStream", "SliceStore", "open_dataset", "sliced"]
 
 
 def open_dataset(spec: DatasetSource, *, cache_rows: int) -> Any:
@@ -89,12 +92,9 @@ def _iterable_store(ids: datasets.IterableDataset, where: str, cache_rows: int) 
             "splits it over ranks and workers itself (every rank the same number of steps)"
         )
     nodes, base = _chain_of(ids, where)
-    base_store = _base_store(base, where, cache_rows)
+    base_store = _base_store(base, where, cache_rows) if base is not None else None
     if base_store is None:
-        raise ValueError(
-            f"{where}: its rows come from {_describe_base(base)}, which cannot be read by index. Pass the files "
-            "instead (a Source, e.g. Source(path='json', data_files=...)), or the Dataset before to_iterable_dataset()"
-        )
+        return ObjectStream(ids, where)
     if not nodes:
         return base_store
     replay = _Replay(ids, nodes)
@@ -112,7 +112,7 @@ def _chain_of(ids: datasets.IterableDataset, where: str) -> tuple[list[Any], Any
             nodes.append(node)
         node = node.ex_iterable
     if not isinstance(node, ArrowExamplesIterable):
-        raise ValueError(f"{where}: its rows come from {_describe_base(node)}, which cannot be read by index")
+        return nodes, None  # a generator, json lines...: read front to back (ObjectStream)
     unsupported = [type(n).__name__ for n in nodes if type(n).__name__ in _NOT_REPLAYED]
     if unsupported:
         raise ValueError(
@@ -122,6 +122,39 @@ def _chain_of(ids: datasets.IterableDataset, where: str) -> tuple[list[Any], Any
     if shuffled:
         log.info("%s: its shuffle() is replaced by StreamingDataModule's (seed, epoch) shuffle, which resumes exactly", where)
     return nodes, node
+
+
+class ObjectStream(StreamStore):
+    """An ``IterableDataset`` whose rows cannot be read by index (a generator, json lines...),
+    read front to back, shard by shard, as any stream (``stream.py``): its chain runs as it reads.
+
+    Its own ``shuffle()`` is honoured: ``set_epoch(epoch)`` is called on it before each epoch, so
+    its shuffle is a function of its seed and the epoch, and a resume, which reads the lane again
+    from a shard's start, sees the same rows. Ours is applied on top.
+    """
+
+    def __init__(self, ids: datasets.IterableDataset, where: str) -> None:
+        self._user = ids
+        self._epoch = 0
+        self._arrow = True
+        self._ids = None
+        self.where = where
+        self.num_shards = ids.num_shards
+        self.features = ids.features
+        self.num_rows = None
+        self.fingerprint = fingerprint(["object-stream", where, ids.num_shards, str(ids.features)])
+        log.info("%s is read front to back (its rows cannot be read by index); its own shuffle, if any, is kept and "
+                 "follows the epoch (set_epoch)", where)
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def _stream(self) -> datasets.IterableDataset:
+        self._user.set_epoch(self._epoch)
+        return self._user
 
 
 _NOT_REPLAYED = {"SkipExamplesIterable", "TakeExamplesIterable", "StepExamplesIterable", "RepeatExamplesIterable"}
