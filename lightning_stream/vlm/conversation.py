@@ -190,38 +190,41 @@ def _qa(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> 
     return Conversation(messages, images)
 
 
-def _llava(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> Conversation:
-    column = columns.turns("llava")
+def _turn_list(row: dict[str, Any], columns: Columns, kind: str, keys: tuple[str, str], name: str, what: str, plural: str) -> tuple[str, list]:
+    """The turns of a conversation column, each checked to be a dict with ``keys``."""
+    column = columns.turns(kind)
     turns = row[column]
     if not isinstance(turns, (list, tuple)):
-        raise ValueError(f"column {column!r}: {name}: expected a list of turns, got {_short(turns)}")
-    messages = []
+        raise ValueError(f"column {column!r}: {name}: expected a list of {plural}, got {_short(turns)}")
     for turn in turns:
-        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+        if not isinstance(turn, dict) or any(k not in turn for k in keys):
             raise ValueError(
-                f"column {column!r}: {name}: a LLaVA turn must be {{'from': ..., 'value': ...}}, "
-                f"got {_short(turn)}"
+                f"column {column!r}: {name}: a {what} must be {{'{keys[0]}': ..., '{keys[1]}': ...}}, got {_short(turn)}"
             )
-        role = _role(turn["from"], column, name)
-        messages.append({"role": role, "content": _parts(_text(turn["value"], column, name))})
+    return column, list(turns)
+
+
+def _with_image_marks(messages: list[dict], images: list[Any]) -> Conversation:
+    """The conversation, with image marks put before the first user text when the text had none."""
     marks = sum(p["type"] == "image" for m in messages for p in m["content"])
     if marks == 0 and images:
         _prepend_images(messages, len(images))
     return Conversation(messages, images)
 
 
+def _llava(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> Conversation:
+    column, turns = _turn_list(row, columns, "llava", ("from", "value"), name, "LLaVA turn", "turns")
+    messages = []
+    for turn in turns:
+        role = _role(turn["from"], column, name)
+        messages.append({"role": role, "content": _parts(_text(turn["value"], column, name))})
+    return _with_image_marks(messages, images)
+
+
 def _messages(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> Conversation:
-    column = columns.turns("messages")
-    turns = row[column]
-    if not isinstance(turns, (list, tuple)):
-        raise ValueError(f"column {column!r}: {name}: expected a list of messages, got {_short(turns)}")
+    column, turns = _turn_list(row, columns, "messages", ("role", "content"), name, "message", "messages")
     messages, inline = [], []
     for turn in turns:
-        if not isinstance(turn, dict) or "role" not in turn or "content" not in turn:
-            raise ValueError(
-                f"column {column!r}: {name}: a message must be {{'role': ..., 'content': ...}}, "
-                f"got {_short(turn)}"
-            )
         role = _role(turn["role"], column, name)
         content = turn["content"]
         if isinstance(content, str):
@@ -254,24 +257,13 @@ def _messages(row: dict[str, Any], columns: Columns, images: list[Any], name: st
                 f"{name}: images both inline in {column!r} and in the images column; keep one"
             )
         images = inline
-    marks = sum(p["type"] == "image" for m in messages for p in m["content"])
-    if marks == 0 and images:
-        _prepend_images(messages, len(images))
-    return Conversation(messages, images)
+    return _with_image_marks(messages, images)
 
 
 def _cauldron(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> Conversation:
-    column = columns.turns("cauldron")
-    turns = row[column]
-    if not isinstance(turns, (list, tuple)):
-        raise ValueError(f"column {column!r}: {name}: expected a list of turns, got {_short(turns)}")
+    column, turns = _turn_list(row, columns, "cauldron", ("user", "assistant"), name, "cauldron turn", "turns")
     messages = []
     for turn in turns:
-        if not isinstance(turn, dict) or "user" not in turn or "assistant" not in turn:
-            raise ValueError(
-                f"column {column!r}: {name}: a cauldron turn must be {{'user': ..., "
-                f"'assistant': ...}}, got {_short(turn)}"
-            )
         for role in ("user", "assistant"):
             text = _text(turn[role], column, name, f"{role} text")
             messages.append({"role": role, "content": [{"type": "text", "text": text}]})
