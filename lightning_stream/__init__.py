@@ -8,13 +8,15 @@ cached on disk.
 from .callbacks import StreamingCallback
 from .collate import default_collate
 from .datamodule import StreamingDataModule
+from .epoch_check import EmptyEpochError
 from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
-from .transforms import Filter, Map
+from .transforms import Filter, Map, TransformError
 
 __all__ = [
+    "EmptyEpochError",
     "Filter",
     "Map",
     "Mix",
@@ -27,6 +29,7 @@ __all__ = [
     "StreamingDataLoader",
     "StreamingDataModule",
     "StreamingDataset",
+    "TransformError",
     "default_collate",
 ]
 

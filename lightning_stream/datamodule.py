@@ -12,6 +12,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from .arguments import check_arguments
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
@@ -132,22 +133,12 @@ class StreamingDataModule(pl.LightningDataModule):
         lanes: Optional[int] = None,
     ) -> None:
         super().__init__()
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {num_workers}")
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if batch_format not in ("python", "numpy"):
-            raise ValueError(f"batch_format must be 'python' or 'numpy', got {batch_format!r}")
-        if lanes is not None and lanes < 1:
-            raise ValueError(f"lanes must be >= 1, got {lanes}")
-        if even not in ("drop", "pad"):
-            raise ValueError(f"even must be 'drop' or 'pad', got {even!r}")
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_arguments(
+            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, shuffle=shuffle, buffer_size=buffer_size,
+            seed=seed, drop_last=drop_last, pin_memory=pin_memory, persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor, on_error=on_error, max_skipped=max_skipped, strict_resume=strict_resume, even=even,
+            batch_format=batch_format, lanes=lanes, collate_fn=collate_fn, eval_collate_fn=eval_collate_fn, prepare=prepare,
+        )
         self.train_source = as_source(train, split="train")
         self.val_sources = named_sources(val, split="validation")
         self.test_sources = named_sources(test, split="test")

@@ -36,7 +36,7 @@ from .stores import open_store
 from .stores.columns import is_list, numpy_view
 from .stores.stream import StreamWindows
 from .transfer import ByValue
-from .transforms import Pipeline
+from .transforms import Pipeline, TransformError
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +150,8 @@ class StreamingDataset(IterableDataset):
                 key = (layout.batch_range(step, self.rank, 1 if o.in_order else num_workers)[0],)
                 yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), key=(epoch, *key))
             return
+        if hasattr(store, "set_epoch"):  # a user's IterableDataset read directly: its own shuffle follows the epoch
+            store.set_epoch(epoch)
         if lanes > 1:
             yield from self._stream_lanes(store, epoch, start, lanes, worker, num_workers)
             return
@@ -236,6 +238,8 @@ class StreamingDataset(IterableDataset):
             yield ByValue(hole) if get_worker_info() is not None else hole
 
     def _take(self, store: Any, rows: np.ndarray) -> "_Rows":
+        if not len(rows):
+            return _Rows(None, {}, 0)  # an evaluation rank's empty last batch (split.EvalLayout): nothing to read
         take_arrays = getattr(store, "take_arrays", None)
         if take_arrays is None:
             return _Rows.of(store.take(rows))
@@ -278,16 +282,29 @@ class StreamingDataset(IterableDataset):
         return self.options.pipeline(batch) if self.options.pipeline else batch
 
     def _process(self, rows: "_Rows", describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:
+        """The batch's rows decoded and transformed, and the bad rows skipped (``on_error="skip"``).
+
+        An exception may be one row's fault: the batch is then re-run row by row to name (or skip)
+        that row. A :class:`~lightning_stream.transforms.TransformError` is the function's fault,
+        whatever the rows: it is raised at once, with no re-run and no skip.
+        """
+        if rows.num_rows == 0:
+            return {}, []  # an evaluation rank's empty last batch: no function sees an empty batch
+        if not rows.num_columns:
+            raise ValueError(f"the rows of {describe(0)} have no column: select at least one (Source(columns=...))")
         try:
             return self._transform(rows), []
+        except TransformError as err:
+            raise _located(err, f"the batch that begins at {describe(0)}")
         except Exception:  # noqa: BLE001 - narrowed to the culprit row below
-            if rows.num_rows == 0:
-                raise
+            pass
         # Find the culprit rows one by one; the policy decides between naming and skipping them.
         outputs, skipped = [], []
         for i in range(rows.num_rows):
             try:
                 outputs.append(self._transform(rows.row(i)))
+            except TransformError as err:
+                raise _located(err, describe(i))
             except Exception as err:  # noqa: BLE001
                 culprit = f"{describe(i)}: {type(err).__name__}: {err}"
                 if self.options.on_error == "raise":
@@ -295,6 +312,12 @@ class StreamingDataset(IterableDataset):
                 skipped.append(culprit)
         keys = list(outputs[0]) if outputs else []
         return {k: _concat([out[k] for out in outputs]) for k in keys}, skipped
+
+
+def _located(err: TransformError, where: str) -> TransformError:
+    """``err``, its message saying which rows showed the bug (its traceback and cause kept)."""
+    err.args = (f"{err.args[0]} (seen on {where})", *err.args[1:])
+    return err
 
 
 @dataclass
@@ -308,6 +331,10 @@ class _Rows:
     @classmethod
     def of(cls, table: pa.Table) -> "_Rows":
         return cls(table, {}, table.num_rows)
+
+    @property
+    def num_columns(self) -> int:
+        return (self.table.num_columns if self.table is not None else 0) + len(self.arrays)
 
     def row(self, i: int) -> "_Rows":
         table = self.table.slice(i, 1) if self.table is not None else None

@@ -24,9 +24,11 @@ from typing import Any, Optional
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from .dataset import BatchHeader, StreamingDataset
+from .epoch_check import EpochCheck
 from .epoch_end import EpochEnd
 from .split import Layout
 from .state import STATE_VERSION, LoaderState, check_state
+from .worker_exit import worker_death
 
 log = logging.getLogger(__name__)
 
@@ -338,6 +340,7 @@ class _LazyEpoch:
         t0 = time.perf_counter()
         if self._it is None:
             self._it = iter(loader._begin())
+            self._check = EpochCheck.of(loader)
         while True:
             try:
                 header, batch = next(self._it)
@@ -345,18 +348,19 @@ class _LazyEpoch:
                 if loader._ends_by_lane:
                     loader.epoch_end.reached(None, loader._anchors)
                 loader._finished()
+                self._check.finished()
                 raise
             except (RuntimeError, ConnectionError, EOFError) as err:
-                # A dead worker surfaces as one of these, depending on when it died.
-                if isinstance(err, RuntimeError) and "DataLoader worker" not in str(err):
+                # A worker's own exception arrives as itself; only a worker that died is reworded.
+                death = worker_death(err, self._it, loader.num_workers, loader.dataset.store.where)
+                if death is None:
                     raise
-                raise RuntimeError(
-                    f"a DataLoader worker reading {loader.dataset.store.where} died ({err}); a worker killed by a signal "
-                    "is most often the out-of-memory killer: lower num_workers, batch_size or buffer_size"
-                ) from err
+                raise RuntimeError(death) from err
             if loader._ends_by_lane and loader.epoch_end.reached(header, loader._anchors):
                 loader._finished()
+                self._check.finished()
                 raise StopIteration
+            self._check.add(header)
             loader._on_batch(header, batch is not None)
             if batch is not None:
                 loader.last_wait = time.perf_counter() - t0

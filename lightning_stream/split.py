@@ -18,9 +18,10 @@ of the epoch, made by worker ``s % num_workers``: with an epoch order of ``world
 num_workers`` lanes interleaved batch by batch (``order.py``), every batch of a lane goes to the
 same (rank, worker) reader, which reads that lane's blocks and no others.
 
-Evaluation uses :class:`EvalLayout` instead: every row exactly once, equal step counts, batch
-sizes differing by at most one, so metrics over a validation run are exact on any world size.
-Each rank reads a contiguous run, cut into one contiguous piece per worker.
+Evaluation uses :class:`EvalLayout` instead: every row exactly once, nothing dropped or padded,
+so metrics over a validation run are exact on any world size. Each rank reads a contiguous run,
+cut into one contiguous piece per worker; the batches of a rank differ in size by at most one,
+and at batch size 1 a rank may end one step before another (see :class:`EvalLayout`).
 """
 
 from __future__ import annotations
@@ -109,7 +110,18 @@ class Layout:
 
 @dataclass(frozen=True)
 class EvalLayout:
-    """Every row once, split into contiguous per-rank runs and the same number of steps per rank.
+    """Every row once, split into contiguous per-rank runs; no row is dropped, none is padded.
+
+    Rank ``r`` reads rows ``[r * q + min(r, m), ...)``, ``q`` or ``q + 1`` of them (``q, m =
+    divmod(num_rows, world_size)``), in ``num_steps = ceil(num_rows / (batch_size * world_size))``
+    steps whose sizes differ by at most one and never exceed ``batch_size``. When the rows do not
+    divide over the ranks at ``batch_size=1``, the ranks with ``q`` rows have one row fewer than
+    steps: their last batch is empty, so they end one step before the others (the loader yields no
+    empty batch, and ``len()`` is the longest rank's). Lightning allows that in evaluation: metrics
+    logged with ``sync_dist=True`` (on_epoch) or as torchmetrics sync once, at the end of the run,
+    and DDP's one collective in a forward without gradients (a buffer broadcast, in the first after
+    training) comes at a step every rank makes. So every rank needs a row: a step, and its metrics.
+    (A metric logged with ``on_step=True, sync_dist=True`` in ``validation_step`` would wait.)
 
     Example:
         >>> lay = EvalLayout(num_rows=1001, batch_size=10, world_size=2)
@@ -126,7 +138,10 @@ class EvalLayout:
 
     def __post_init__(self) -> None:
         if self.num_rows < self.world_size:
-            raise ValueError(f"{self.num_rows} evaluation rows cannot be split over {self.world_size} ranks")
+            raise ValueError(
+                f"{self.num_rows} evaluation rows cannot be split over {self.world_size} ranks: every rank needs a row "
+                "(a rank with no step would log no metric); evaluate on fewer ranks or on more rows"
+            )
 
     @property
     def num_steps(self) -> int:
@@ -146,12 +161,7 @@ class EvalLayout:
         if not 0 <= step < self.num_steps:
             raise IndexError(f"step {step} outside [0, {self.num_steps})")
         first, n = self._rank_rows(rank)
-        q, r = divmod(n, self.num_steps)
-        if q == 0:
-            raise ValueError(
-                f"evaluation batch {step} of rank {rank} would be empty: {self.num_rows} rows are too few "
-                f"for {self.num_steps} steps on {self.world_size} ranks; lower the batch size"
-            )
+        q, r = divmod(n, self.num_steps)  # q = 0 only at batch size 1: this rank's last batch is empty
 
         k = max(1, num_workers)
 

@@ -15,6 +15,7 @@ from PIL import Image
 import datasets
 from lightning_stream import RowError, Source, StateMismatchError, StreamingDataModule
 from lightning_stream.state import STATE_VERSION
+from lightning_stream.transforms import TransformError
 
 
 def first_batch(**kw):
@@ -50,8 +51,9 @@ def test_empty_and_truncated_parquet(tmp_path, data_dir):
         first_batch(train=str(cut))
 
 
-def test_missing_column_in_transform_names_row_and_column(data_dir):
-    with pytest.raises(RowError, match=r"one.parquet row 0: KeyError: .*column 'txt' not found"):
+def test_missing_column_in_transform_names_function_and_column(data_dir):
+    # A column no row has is the transform's bug, not a bad row (nor one to skip).
+    with pytest.raises(TransformError, match=r"transform test_errors\..*<lambda> \(test_errors.py:\d+\) reads column 'txt', which the batch does not have"):
         first_batch(train=os.path.join(data_dir, "one.parquet"), transform=lambda b: {"n": [len(t) for t in b["txt"]]})
 
 
@@ -61,7 +63,7 @@ def test_missing_column_in_source(data_dir):
 
 
 def test_transform_with_unequal_columns(data_dir):
-    with pytest.raises(RowError, match="unequal length"):
+    with pytest.raises(TransformError, match="unequal length"):
         first_batch(train=os.path.join(data_dir, "one.parquet"), transform=lambda b: {"x": [1, 2, 3]})
 
 

@@ -152,6 +152,10 @@ class ObjectStream(StreamStore):
     def set_epoch(self, epoch: int) -> None:
         self._epoch = epoch
 
+    def read_shard(self, index: int) -> Iterator[pa.Table]:
+        # The object reads its own files (with datasets' own retries): no re-read around it here.
+        return self._read_shard(index)
+
     def _stream(self) -> datasets.IterableDataset:
         self._user.set_epoch(self._epoch)
         return self._user

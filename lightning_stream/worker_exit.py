@@ -1,0 +1,57 @@
+"""How a DataLoader worker ended, told from torch's error: its own exception, or a death.
+
+torch re-raises a worker's exception in the main process as the same type, its message
+``Caught X in DataLoader worker process N`` followed by the worker's traceback: that is the
+error to report, unchanged (its file and row included). A worker that dies without an exception
+shows up as a ``RuntimeError`` about ``DataLoader worker (pid ...)`` (from torch's SIGCHLD handler:
+``is killed by signal: Killed``, or ``exited unexpectedly``), or as an ``EOFError`` /
+``ConnectionError`` on the queue it was writing to. Only a signal is called a kill, and only
+SIGKILL the out-of-memory killer's likely work; the exit code, where the message lacks it, is
+read from the worker processes torch keeps (``_workers``, a private attribute).
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any, Optional
+
+__all__ = ["worker_death"]
+
+_HINTS = {
+    "SIGKILL": "most often the out-of-memory killer: lower num_workers, batch_size or buffer_size",
+    "SIGBUS": "most often too little shared memory for the batches in flight (/dev/shm; docker: --shm-size): "
+    "lower num_workers or prefetch_factor",
+}
+
+
+def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str) -> Optional[str]:
+    """The message for a worker that died without an exception, or None for any other error."""
+    text = str(err)
+    if num_workers == 0 or "in DataLoader worker process" in text:
+        return None  # no worker to die, or the worker's own exception
+    if isinstance(err, RuntimeError) and "DataLoader worker (pid" not in text:
+        return None
+    name = _signal_in(text)
+    codes = [w.exitcode for w in getattr(iterator, "_workers", ()) if w.exitcode not in (None, 0)]
+    if name is None and codes and codes[0] < 0:
+        name = signal.Signals(-codes[0]).name
+    if name is not None:
+        hint = _HINTS.get(name, "a crash in native code (a C extension, a decoder); run with num_workers=0 to see where")
+        return f"a DataLoader worker reading {where} died (killed by {name}): {hint} [{text}]"
+    if codes:
+        return f"a DataLoader worker reading {where} died (exit code {codes[0]}, no exception): os._exit, or a library that exits [{text}]"
+    if not isinstance(err, RuntimeError):
+        return None  # a queue error with every worker alive: not a death
+    return f"a DataLoader worker reading {where} died (cause unknown): run with num_workers=0 to see an error there [{text}]"
+
+
+def _signal_in(text: str) -> Optional[str]:
+    """The signal named in torch's ``is killed by signal: <strsignal>`` message."""
+    marker = "is killed by signal: "
+    if marker not in text:
+        return None
+    said = text.split(marker, 1)[1].rstrip(". ")
+    for sig in signal.Signals:
+        if signal.strsignal(sig) == said:
+            return sig.name
+    return said
