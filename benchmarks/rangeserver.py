@@ -13,10 +13,15 @@ Knobs (fixed for the life of the server):
 
 - ``latency``: seconds slept before each answer (HEAD and GET), i.e. added to every round trip.
 - ``bandwidth``: bytes/s cap *per response*: the body is written in 64 KiB chunks, sleeping so
-  that no response goes faster (several responses in flight each get the full rate).
+  that no response goes faster (several responses in flight each get the full rate). Without a
+  cap, bodies go out by ``sendfile``: the server's own CPU stays small beside the readers' (it
+  shares the machine with them).
 - ``fail_rate``: fraction of GET requests answered with ``fail_status`` (503 by default) instead
   of data, drawn from ``random.Random(seed)`` under a lock (the sequence of draws is seeded; which
   request gets which draw depends on thread timing).
+- ``cut_rate``: fraction of GET requests whose answer is cut: the headers promise the whole body,
+  half of it is sent, and the connection is closed (a reset mid-answer). Same draws as
+  ``fail_rate``: one per GET, below ``fail_rate`` a failure, then ``cut_rate`` above it a cut.
 - ``silent``: accept connections and never answer (to test timeouts and hangs).
 
 HTTP/1.1 with keep-alive, as real object stores. Only ``127.0.0.1``, on a free port. Leaving the
@@ -51,24 +56,30 @@ class RangeServer:
         bandwidth: bytes/s cap per response (``None``: as fast as the loopback goes).
         fail_rate: fraction of GET requests answered with ``fail_status`` and no data.
         fail_status: the HTTP status of an injected failure (503: a transient error to retry).
+        cut_rate: fraction of GET requests whose body stops halfway, the connection closed.
         seed: seed of the failure draws.
         silent: accept connections, read nothing, answer nothing, until the server stops.
 
     Counters (``collections.Counter`` keyed by file name, updated under a lock):
         ``sent``: body bytes sent; ``requests``: GET requests answered with data;
-        ``failures``: GET requests answered with ``fail_status``. ``heads``: HEAD requests.
+        ``failures``: GET requests answered with ``fail_status``. ``cuts``: answers cut short.
+        ``heads``: HEAD requests.
+        ``largest``: the largest body sent, in bytes (all files).
     """
 
     def __init__(self, root: str, *, latency: float = 0.0, bandwidth: Optional[float] = None, fail_rate: float = 0.0,
-                 fail_status: int = 503, seed: int = 0, silent: bool = False) -> None:
-        if latency < 0 or not 0.0 <= fail_rate <= 1.0 or (bandwidth is not None and bandwidth <= 0):
-            raise ValueError(f"bad knobs: latency={latency}, fail_rate={fail_rate}, bandwidth={bandwidth}")
+                 fail_status: int = 503, cut_rate: float = 0.0, seed: int = 0, silent: bool = False) -> None:
+        if latency < 0 or not 0.0 <= fail_rate <= fail_rate + cut_rate <= 1.0 or cut_rate < 0 or (bandwidth is not None and bandwidth <= 0):
+            raise ValueError(f"bad knobs: latency={latency}, fail_rate={fail_rate}, cut_rate={cut_rate}, bandwidth={bandwidth}")
+        self.cut_rate = cut_rate
         self.root = os.path.realpath(root)
         self.latency, self.bandwidth, self.fail_rate, self.fail_status, self.silent = latency, bandwidth, fail_rate, fail_status, silent
         self.sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
         self.heads: Counter[str] = Counter()
+        self.cuts: Counter[str] = Counter()
+        self.largest = 0
         self._lock = threading.Lock()
         self._random = random.Random(seed)
         self._stop = threading.Event()
@@ -144,9 +155,12 @@ class RangeServer:
                     return
                 name = os.path.basename(path)
                 with server._lock:
-                    fail = server.fail_rate > 0 and server._random.random() < server.fail_rate
+                    draw = server._random.random() if server.fail_rate or server.cut_rate else 1.0
+                    fail, cut = draw < server.fail_rate, server.fail_rate <= draw < server.fail_rate + server.cut_rate
                     if fail:
                         server.failures[name] += 1
+                    if cut:
+                        server.cuts[name] += 1
                 if fail:
                     self._answer(server.fail_status, body=b"injected failure\n")
                     return
@@ -164,14 +178,27 @@ class RangeServer:
                         return
                 else:
                     match = None
-                with open(path, "rb") as f:
-                    f.seek(start)
-                    body = f.read(end - start + 1)
                 headers = {"Content-Range": f"bytes {start}-{end}/{size}"} if match else {}
-                self._answer(206 if match else 200, headers, body)
+                with open(path, "rb") as f:
+                    if server.bandwidth is None or cut:  # the kernel copies the file to the socket: little CPU of ours
+                        self.send_response(206 if match else 200)
+                        for key, value in {"Content-Length": str(end - start + 1), "Accept-Ranges": "bytes", **headers}.items():
+                            self.send_header(key, value)
+                        self.end_headers()
+                        if cut:  # half the body, then the connection closes under the client
+                            self.connection.sendfile(f, start, (end - start + 1) // 2)
+                            self.close_connection = True
+                            return
+                        sent = self.connection.sendfile(f, start, end - start + 1)
+                    else:
+                        f.seek(start)
+                        body = f.read(end - start + 1)
+                        self._answer(206 if match else 200, headers, body)
+                        sent = len(body)
                 with server._lock:
-                    server.sent[name] += len(body)
+                    server.sent[name] += sent
                     server.requests[name] += 1
+                    server.largest = max(server.largest, sent)
 
         class Server(ThreadingHTTPServer):
             # socketserver's default backlog of 5 drops simultaneous connects (a client retries
@@ -203,8 +230,9 @@ class RangeServer:
     def reset(self) -> None:
         """Zero the counters."""
         with self._lock:
-            for counter in (self.sent, self.requests, self.failures, self.heads):
+            for counter in (self.sent, self.requests, self.failures, self.heads, self.cuts):
                 counter.clear()
+            self.largest = 0
 
     def __enter__(self) -> "RangeServer":
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)

@@ -27,8 +27,12 @@ class Remote:
         timeout: seconds to connect, and to wait between bytes of an answer, before a try fails.
         give_up_after: seconds after which a request stops retrying, whatever ``retries`` says.
         backoff: seconds before the first retry; doubled each time (with jitter), at most 30 s.
-        read_ahead: row groups each reader fetches ahead of use, as requests in flight at once
-            (0: none). They are the reader's next row groups in its lane's order.
+        read_ahead: row groups each reader fetches ahead of use, in flight or waiting (0: none).
+            They are the reader's next row groups in its lane's order, and hold at most 64 MiB
+            (or two shuffle windows' compressed bytes, when ``buffer_size`` makes that more).
+        max_request_bytes: largest range request when row groups next to each other in a file
+            are fetched together (a larger row group is still one request). None: a quarter of
+            the read-ahead bytes (16 MiB, or half a shuffle window).
 
     Example:
         >>> Source(path="parquet", data_files=urls, remote=Remote(retries=10, read_ahead=32))  # doctest: +SKIP
@@ -39,10 +43,14 @@ class Remote:
     give_up_after: float = 300.0
     backoff: float = 0.5
     read_ahead: int = 32
+    max_request_bytes: Optional[int] = None
 
     def __post_init__(self) -> None:
-        if self.retries < 1 or self.timeout <= 0 or self.give_up_after <= 0 or self.backoff < 0 or self.read_ahead < 0:
-            raise ValueError(f"Remote needs retries >= 1, timeout > 0, give_up_after > 0, backoff >= 0, read_ahead >= 0; got {self}")
+        if (self.retries < 1 or self.timeout <= 0 or self.give_up_after <= 0 or self.backoff < 0 or self.read_ahead < 0
+                or (self.max_request_bytes is not None and self.max_request_bytes < 1)):
+            raise ValueError(
+                f"Remote needs retries >= 1, timeout > 0, give_up_after > 0, backoff >= 0, read_ahead >= 0, max_request_bytes >= 1; got {self}"
+            )
 
 
 @dataclass

@@ -1,9 +1,13 @@
 """Random access into parquet files (local, or remote through fsspec), one row group at a time.
 
 Remote row groups are fetched ahead of use: the worker tells the store the rows of its next
-batches (:meth:`ParquetStore.read_ahead`), and a small thread pool keeps up to
-``Remote.read_ahead`` row-group reads in flight, each a retried range request
-(``stores/remote.py``); a batch then waits only for what is not already there.
+batches (:meth:`ParquetStore.read_ahead`), and the store keeps up to ``Remote.read_ahead`` of
+their row groups fetched or in flight, each request retried (``stores/remote.py``); a batch then
+waits only for what is not already there. Row groups next to each other in a file share one
+range request, up to ``Remote.max_request_bytes``. The bytes fetched ahead are bounded too (64
+MiB, or the compressed size of the two shuffle windows the decoded cache holds when that is
+more), so files of huge row groups cannot fill the memory. A row group is decoded by the reader,
+when its batch needs it.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
@@ -27,6 +31,11 @@ from .remote import RemoteFile, Span, fetch, is_remote, open_remote, row_group_s
 from .resolve import resolve_files
 
 __all__ = ["ParquetStore"]
+
+# Footers of remote files read at once when a store opens (each a size and a tail request).
+_OPENING_THREADS = 32
+# The least of the bytes a reader may hold fetched ahead (more when two shuffle windows weigh more).
+_AHEAD_BYTES = 64 << 20
 
 
 class ParquetStore(BlockStore):
@@ -49,11 +58,13 @@ class ParquetStore(BlockStore):
         options = source.load_kwargs
         self._storage_options = {**options.get("storage_options", {}), **({"token": options["token"]} if "token" in options else {})}
         self.remote = source.remote
+        self._remote = any(is_remote(f) for f in self.files)
         self._handles: dict[int, pq.ParquetFile] = {}
         self._remotes: dict[int, RemoteFile] = {}
+        self._sizes: dict[int, int] = {}  # of remote files, asked once here and handed to the workers
         self._lock = threading.Lock()
-        self._pool: Optional[ThreadPoolExecutor] = None
-        self._ahead: dict[int, Future] = {}
+        self._ahead: dict[int, tuple[Future, int]] = {}  # row group -> (its request's bytes, where they start)
+        self._ahead_bytes = 0
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._pid = os.getpid()
         self._footers: dict[int, pq.FileMetaData] = {}
@@ -61,12 +72,11 @@ class ParquetStore(BlockStore):
         self._block_file: list[int] = []
         self._block_rg: list[int] = []
         self.file_rows: list[int] = []
-        schema = None
-        for i, f in enumerate(self.files):
-            meta = self._footers[i] = self._open(i).metadata
-            if schema is None:
-                schema = self._open(i).schema_arrow
-            elif not self._open(i).schema_arrow.remove_metadata().equals(schema.remove_metadata()):
+        handles = self._open_all()
+        schema = handles[0].schema_arrow
+        for i, (f, handle) in enumerate(zip(self.files, handles)):
+            meta = self._footers[i] = handle.metadata
+            if not handle.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
                 raise ValueError(f"parquet file {f} has a different schema from {self.files[0]}")
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
@@ -81,12 +91,24 @@ class ParquetStore(BlockStore):
         self.where = ",".join(self.files)
         self.fingerprint = files_fingerprint(self.files, self.file_rows)
         self._cache_rows = cache_rows
-        self._remote = any(is_remote(f) for f in self.files)
+        self._spans: dict[int, tuple[int, int]] = {}
+        # Bytes fetched ahead at most: 64 MiB, or the compressed size of the rows the decoded cache
+        # holds (two shuffle windows) when that is more.
+        per_row = sum(self._sizes.values()) / max(1, self.num_rows)
+        self._ahead_budget = max(_AHEAD_BYTES, int(cache_rows * per_row))
+        self._request_bytes = self.remote.max_request_bytes or self._ahead_budget // 4
 
     def _local(self) -> None:
         if self._pid != os.getpid():
             self._handles, self._cache, self._pid = {}, OrderedDict(), os.getpid()
-            self._remotes, self._lock, self._pool, self._ahead = {}, threading.Lock(), None, {}
+            self._remotes, self._lock, self._ahead, self._ahead_bytes = {}, threading.Lock(), {}, 0
+
+    def _open_all(self) -> list[pq.ParquetFile]:
+        """Every file's handle (and footer); remote files several at once: each costs round trips."""
+        if not self._remote or len(self.files) == 1:
+            return [self._open(i) for i in range(len(self.files))]
+        with ThreadPoolExecutor(min(_OPENING_THREADS, len(self.files)), thread_name_prefix="lightning_stream-footers") as pool:
+            return list(pool.map(self._open, range(len(self.files))))
 
     def _open(self, i: int) -> pq.ParquetFile:
         self._local()
@@ -105,32 +127,46 @@ class ParquetStore(BlockStore):
         return handle
 
     def __getstate__(self) -> dict:
-        # File handles, threads and decoded row groups stay in the process that opened them.
-        return {**self.__dict__, "_handles": {}, "_cache": OrderedDict(), "_remotes": {}, "_lock": None, "_pool": None, "_ahead": {}}
+        # File handles, requests in flight and decoded row groups stay in the process that opened them.
+        return {**self.__dict__, "_handles": {}, "_cache": OrderedDict(), "_remotes": {}, "_lock": None, "_ahead": {}, "_ahead_bytes": 0}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._lock = threading.Lock()
 
-    def _read(self, b: int) -> pa.Table:
+    def _span(self, b: int) -> tuple[int, int]:
+        """Byte range of row group ``b``'s column chunks in its file."""
+        span = self._spans.get(b)
+        if span is None:
+            span = self._spans[b] = row_group_span(self._footers[self._block_file[b]], self._block_rg[b], self.columns)
+        return span
+
+    def _read(self, b: int, ahead: Optional[tuple[Future, int]] = None) -> pa.Table:
+        """Row group ``b``, decoded; from the bytes fetched ahead (``ahead``) when there are some."""
         f, g = self._block_file[b], self._block_rg[b]
         try:
             if not is_remote(self.files[f]):
                 return self._open(f).read_row_group(g, columns=self.columns)
             # One range request for the row group's column chunks, then pyarrow reads them from memory.
             remote = self._remote_file(f)
-            start, end = row_group_span(self._footers[f], g, self.columns)
-            span = Span(fetch(remote.fs, remote.path, start, end, self.remote), start, remote.size, self.files[f])
+            if ahead is not None:
+                data, start = ahead[0].result(), ahead[1]
+            else:
+                start, end = self._span(b)
+                data = fetch(remote.fs, remote.path, start, end, self.remote)
+            span = Span(data, start, remote.size, self.files[f])
             return pq.ParquetFile(span, metadata=self._footers[f]).read_row_group(g, columns=self.columns)
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"cannot read row group {g} of parquet file {self.files[f]}: {err}") from err
 
     def _remote_file(self, f: int) -> RemoteFile:
-        with self._lock:  # read-ahead threads share one file object per file: its fs is thread-safe
-            remote = self._remotes.get(f)
-            if remote is None:
-                remote = self._remotes[f] = open_remote(self.files[f], self.remote, self._storage_options)
-            return remote
+        remote = self._remotes.get(f)
+        if remote is None:  # its size asked outside the lock: the footer threads open files at once
+            remote = open_remote(self.files[f], self.remote, self._storage_options, size=self._sizes.get(f))
+            with self._lock:  # one file object per file, shared by the threads: its fs is thread-safe
+                remote = self._remotes.setdefault(f, remote)
+                self._sizes[f] = remote.size
+        return remote
 
     @property
     def reads_ahead(self) -> bool:
@@ -144,19 +180,56 @@ class ParquetStore(BlockStore):
         return self.remote.read_ahead * self.num_rows // max(1, len(self.block_lengths))
 
     def read_ahead(self, rows: Iterable[np.ndarray]) -> None:
-        """Start fetching the remote row groups that hold ``rows`` (the next batches' rows, in order)."""
+        """Start fetching the remote row groups that hold ``rows`` (the next batches' rows, in order).
+
+        Up to ``Remote.read_ahead`` row groups and the byte budget are fetched or in flight. Once
+        some are, more are asked for only when a quarter of the room is free, so that row groups
+        next to each other in a file can share a request (a sequential read's next ones are).
+        """
         self._local()
-        limit = self.remote.read_ahead
         if not self.reads_ahead:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(max_workers=limit, thread_name_prefix="lightning_stream-read-ahead")
+        limit = self.remote.read_ahead
+        slots, room = limit - len(self._ahead), self._ahead_budget - self._ahead_bytes
+        if self._ahead and (slots < max(1, limit // 4) or room < self._ahead_budget // 4):
+            return
+        wanted: list[int] = []
+        for b in self._upcoming(rows):
+            size = self._span(b)[1] - self._span(b)[0]
+            if len(wanted) >= slots or (size > room and (wanted or self._ahead)):
+                break
+            wanted.append(b)
+            room -= size
+        for group in self._requests(wanted):
+            f = self._block_file[group[0]]
+            start, end = self._span(group[0])[0], self._span(group[-1])[1]
+            future = self._remote_file(f).fetch_later(start, end)
+            for b in group:
+                self._ahead[b] = (future, start)
+                self._ahead_bytes += self._span(b)[1] - self._span(b)[0]
+
+    def _upcoming(self, rows: Iterable[np.ndarray]) -> Iterator[int]:
+        """The row groups of ``rows`` not cached nor asked for yet, in order of first need."""
+        seen: set[int] = set()
         for batch in rows:
             for b in dict.fromkeys(np.searchsorted(self._block_end, batch, side="right").tolist()):
-                if len(self._ahead) >= limit:
-                    return
-                if b not in self._cache and b not in self._ahead:
-                    self._ahead[b] = self._pool.submit(self._read, b)
+                if b not in seen and b not in self._cache and b not in self._ahead:
+                    seen.add(b)
+                    yield b
+
+    def _requests(self, blocks: list[int]) -> list[list[int]]:
+        """``blocks`` as range requests: runs of row groups adjacent in one file, each run at most
+        ``max_request_bytes`` (a larger row group alone), in order of their first block's need."""
+        need = {b: k for k, b in enumerate(blocks)}
+        runs: list[list[int]] = []
+        for b in sorted(blocks, key=lambda b: (self._block_file[b], self._span(b)[0])):
+            run = runs[-1] if runs else None
+            if (run is not None and self._block_file[run[-1]] == self._block_file[b] and self._span(run[-1])[1] == self._span(b)[0]
+                    and self._span(b)[1] - self._span(run[0])[0] <= self._request_bytes):
+                run.append(b)
+            else:
+                runs.append([b])
+        return sorted(runs, key=lambda run: min(need[b] for b in run))
 
     def _block(self, b: int) -> pa.Table:
         self._local()
@@ -165,7 +238,9 @@ class ParquetStore(BlockStore):
             self._cache.move_to_end(b)
             return table
         ahead = self._ahead.pop(b, None)
-        table = ahead.result() if ahead is not None else self._read(b)
+        if ahead is not None:
+            self._ahead_bytes -= self._span(b)[1] - self._span(b)[0]
+        table = self._read(b, ahead)
         self._cache[b] = table
         cached = sum(t.num_rows for t in self._cache.values())
         while len(self._cache) > 1 and cached > self._cache_rows:

@@ -8,25 +8,48 @@ on a transient failure with exponential backoff and jitter, up to ``Remote.retri
 naming the URL. A permanent failure (403,
 404, a missing file) fails at once, naming the URL. A range read either returns all its bytes or
 raises, so no row is lost or repeated.
+
+Reads ahead of use (:meth:`RemoteFile.fetch_later`) are coroutines on fsspec's event loop, one
+per process, for the filesystems that have one (http, s3, gcs): many requests in flight, no
+thread each. Others (``hf://``) get a small thread pool per process.
+
+A worker forked from a process that opened remote files inherits its filesystems, whose sessions
+belong to the parent's event loop, a loop with no thread in the child. Dropping them there runs
+fsspec's finalizer, which waits on that loop (1 s, with its read-ahead stalled behind it); so
+each process keeps the filesystems it made for its whole life (``_FILESYSTEMS``), and a child
+leaves its parent's alone and makes its own.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import io
 import logging
+import os
 import random
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Optional
 
 from ..spec import Remote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RemoteFile", "RemoteReadError", "fetch", "is_remote", "open_remote", "retried"]
+__all__ = ["RemoteFile", "RemoteReadError", "fetch", "fetch_async", "is_remote", "open_remote", "opened", "over_network", "retried", "retried_tables"]
 
 # Statuses worth another try (as in huggingface_hub's and s3fs's own retry rules).
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+# Errors without a status that are worth another try, by class name anywhere in their class tree:
+# aiohttp's ServerDisconnectedError and ClientPayloadError (a body cut short) are not OSErrors.
+_TRANSIENT_NAMES = ("Timeout", "Connection", "Disconnected", "Payload")
+
+# The filesystems each process made, by pid (see the module docstring), and its read-ahead threads.
+_FILESYSTEMS: dict[int, list[Any]] = {}
+_THREADS: dict[int, ThreadPoolExecutor] = {}
 
 
 class RemoteReadError(OSError):
@@ -53,7 +76,7 @@ def _transient(err: BaseException) -> bool:
     if status is not None:
         return status in _TRANSIENT_STATUS
     # Timeouts, resets and refused connections carry no status.
-    return isinstance(err, (TimeoutError, ConnectionError, OSError)) or "Timeout" in type(err).__name__ or "Connection" in type(err).__name__
+    return isinstance(err, OSError) or any(word in cls.__name__ for cls in type(err).__mro__ for word in _TRANSIENT_NAMES)
 
 
 class _RangeFile(io.RawIOBase):
@@ -105,42 +128,74 @@ class RemoteFile(_RangeFile):
     def _range(self, start: int, end: int) -> bytes:
         return fetch(self.fs, self.path, start, end, self.settings)
 
+    def fetch_later(self, start: int, end: int) -> "Future[bytes]":
+        """Bytes ``[start, end)``, fetched in the background with the same retries."""
+        import fsspec.asyn
+
+        if isinstance(self.fs, fsspec.asyn.AsyncFileSystem):
+            return asyncio.run_coroutine_threadsafe(fetch_async(self.fs, self.path, start, end, self.settings), self.fs.loop)
+        pool = _THREADS.get(os.getpid())
+        if pool is None:
+            pool = _THREADS[os.getpid()] = ThreadPoolExecutor(max(1, self.settings.read_ahead), thread_name_prefix="lightning_stream-fetch")
+        return pool.submit(self._range, start, end)
+
+
+class _Tries:
+    """The retries of one request: after each failure, how long to wait, or the error that ends it."""
+
+    def __init__(self, what: str, settings: Remote, transient: Callable[[BaseException], bool] = _transient) -> None:
+        self.what, self.settings, self.transient = what, settings, transient
+        self.began, self.wait, self.attempt = time.monotonic(), settings.backoff, 0
+
+    def after(self, err: BaseException) -> float:
+        """Seconds to wait before trying again after ``err``; a :class:`RemoteReadError` when not to."""
+        self.attempt += 1
+        spent = time.monotonic() - self.began
+        if not self.transient(err):
+            raise RemoteReadError(f"cannot read {self.what}: {type(err).__name__}: {err}") from err
+        if self.attempt >= self.settings.retries or spent + self.wait > self.settings.give_up_after:
+            raise RemoteReadError(
+                f"cannot read {self.what} after {self.attempt} tries in {spent:.0f} s: {type(err).__name__}: {err}. "
+                "For a flaky link, raise Source(remote=Remote(retries=..., give_up_after=...))."
+            ) from err
+        log.info("retrying %s in %.1f s after %s: %s", self.what, self.wait, type(err).__name__, err)
+        wait, self.wait = self.wait * random.uniform(0.5, 1.5), min(30.0, self.wait * 2)
+        return wait
+
 
 def retried(call: Callable[[], Any], what: str, settings: Remote) -> Any:
     """``call()``, tried again on transient failures; a :class:`RemoteReadError` naming ``what`` else."""
-    began, wait = time.monotonic(), settings.backoff
-    for attempt in range(1, settings.retries + 1):
+    tries = _Tries(what, settings)
+    while True:
         try:
             return call()
-        except Exception as err:  # noqa: BLE001 - classified here: transient ones are tried again
-            spent = time.monotonic() - began
-            if not _transient(err):
-                raise RemoteReadError(f"cannot read {what}: {type(err).__name__}: {err}") from err
-            if attempt == settings.retries or spent + wait > settings.give_up_after:
-                raise RemoteReadError(
-                    f"cannot read {what} after {attempt} tries in {spent:.0f} s: {type(err).__name__}: {err}. "
-                    "For a flaky link, raise Source(remote=Remote(retries=..., give_up_after=...))."
-                ) from err
-            log.info("retrying %s in %.1f s after %s: %s", what, wait, type(err).__name__, err)
-            time.sleep(wait * random.uniform(0.5, 1.5))
-            wait = min(30.0, wait * 2)
-    raise AssertionError("unreachable")
+        except Exception as err:  # noqa: BLE001 - classified by _Tries: transient ones are tried again
+            time.sleep(tries.after(err))
+
+
+def _whole(data: bytes, start: int, end: int) -> bytes:
+    if len(data) != end - start:
+        raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
+    return data
 
 
 def fetch(fs: Any, path: str, start: int, end: int, settings: Remote) -> bytes:
     """Bytes ``[start, end)`` of ``path``, retried on transient failures."""
-
-    def once() -> bytes:
-        data = fs.cat_file(path, start=start, end=end)
-        if len(data) != end - start:
-            raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
-        return data
-
-    return retried(once, f"{path} (bytes {start}-{end})", settings)
+    return retried(lambda: _whole(fs.cat_file(path, start=start, end=end), start, end), f"{path} (bytes {start}-{end})", settings)
 
 
-def open_remote(path: str, settings: Remote, storage_options: dict) -> RemoteFile:
-    """The file at ``path`` (its size asked once, with the same retries)."""
+async def fetch_async(fs: Any, path: str, start: int, end: int, settings: Remote) -> bytes:
+    """:func:`fetch` as a coroutine of an async filesystem, on its event loop."""
+    tries = _Tries(f"{path} (bytes {start}-{end})", settings)
+    while True:
+        try:
+            return _whole(await fs._cat_file(path, start=start, end=end), start, end)
+        except Exception as err:  # noqa: BLE001 - classified by _Tries
+            await asyncio.sleep(tries.after(err))
+
+
+def open_remote(path: str, settings: Remote, storage_options: dict, size: Optional[int] = None) -> RemoteFile:
+    """The file at ``path``; its size asked once, with the same retries, unless given."""
     import fsspec
 
     options = dict(storage_options)
@@ -153,8 +208,13 @@ def open_remote(path: str, settings: Remote, storage_options: dict) -> RemoteFil
         client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout))
         options["client_kwargs"] = client
     fs, resolved = fsspec.core.url_to_fs(path, **options)
+    kept = _FILESYSTEMS.setdefault(os.getpid(), [])
+    if not any(fs is other for other in kept):
+        kept.append(fs)
+    if size is not None:
+        return RemoteFile(fs, resolved, size, settings)
 
-    def size() -> int:
+    def ask_size() -> int:
         try:
             return int(fs.size(resolved))
         except FileNotFoundError:
@@ -164,7 +224,7 @@ def open_remote(path: str, settings: Remote, storage_options: dict) -> RemoteFil
                 fs.cat_file(resolved, start=0, end=1)
             raise
 
-    return RemoteFile(fs, resolved, retried(size, path, settings), settings)
+    return RemoteFile(fs, resolved, retried(ask_size, path, settings), settings)
 
 
 class Span(_RangeFile):
@@ -196,3 +256,110 @@ def row_group_span(meta: Any, group: int, columns: Optional[list[str]]) -> tuple
         starts.append(first)
         ends.append(first + chunk.total_compressed_size)
     return min(starts), max(ends)
+
+
+# -- streams read by ``datasets`` (json, csv... over HTTP) ------------------------------------------
+_URL = re.compile(r"https?://[^\s'\"]+")
+
+
+def over_network(source: Any) -> bool:
+    """Whether ``source`` (a :class:`~lightning_stream.spec.Source`) reads files over a network:
+    URLs in its ``data_files``, or a hub id (no such local folder)."""
+    files = source.data_files
+    if files is None:
+        return not os.path.exists(source.path)
+    return any(is_remote(f) for f in ([files] if isinstance(files, str) else files))
+
+
+def _there(url: str, source: Any) -> bool:
+    """Whether ``url`` answers (one try): a file ``datasets`` said was missing may not be."""
+    options = source.load_kwargs.get("storage_options", {})
+    try:
+        open_remote(url, dataclasses.replace(source.remote, retries=1), options)
+    except RemoteReadError as err:
+        return not isinstance(err.__cause__, FileNotFoundError)
+    return True
+
+
+def _stream_transient(err: BaseException, source: Any) -> bool:
+    """Transient for a stream: :func:`_transient`, also down its causes (``raise ... from``), or a
+    failed request that ``datasets`` reported as something else. Its file checks take a failed GET
+    for a missing file: it says ``FileNotFoundError`` naming a URL that does answer, or, having
+    then listed the URL as a folder, aiohttp's ``NonHttpUrlClientError``."""
+    chain: list[BaseException] = []
+    while err is not None and len(chain) < 10:
+        chain.append(err)
+        err = err.__cause__
+    if any(_transient(e) or type(e).__name__ == "NonHttpUrlClientError" for e in chain):
+        return True
+    missing = chain[0]
+    urls = _URL.findall(str(missing)) if isinstance(missing, FileNotFoundError) else []
+    return bool(urls) and all(_there(url, source) for url in urls)
+
+
+def opened(load: Callable[[], Any], source: Any) -> Any:
+    """``load()`` (``datasets.load_dataset`` of a stream), tried again while it fails transiently
+    (``Remote`` settings of ``source``, for a source read over a network, not offline). A
+    permanent error is raised as it is, so that a missing file still reads as one."""
+    import datasets.config
+
+    if not over_network(source) or datasets.config.HF_HUB_OFFLINE:
+        return load()
+    tries = _Tries(str(source.path), source.remote, transient=lambda err: True)  # classified here
+    while True:
+        try:
+            with _datasets_retries(source.remote):
+                return load()
+        except Exception as err:  # noqa: BLE001 - transient ones are tried again
+            if not _stream_transient(err, source):
+                raise
+            time.sleep(tries.after(err))
+
+
+@contextlib.contextmanager
+def _datasets_retries(settings: Remote) -> Iterator[None]:
+    """``datasets``' own retries of a stream's opens and reads (``datasets.config.STREAMING_*``: 20
+    tries, 5 s apart) take ``settings``' count and first wait while ours read; then back as they were."""
+    import datasets.config as config
+
+    names = ("STREAMING_READ_MAX_RETRIES", "STREAMING_OPEN_MAX_RETRIES", "STREAMING_READ_RETRY_INTERVAL", "STREAMING_OPEN_RETRY_INTERVAL")
+    saved = {name: getattr(config, name) for name in names}
+    config.STREAMING_READ_MAX_RETRIES = config.STREAMING_OPEN_MAX_RETRIES = settings.retries
+    config.STREAMING_READ_RETRY_INTERVAL = config.STREAMING_OPEN_RETRY_INTERVAL = settings.backoff
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)
+
+
+def retried_tables(read: Callable[[], Iterator[Any]], what: str, source: Any) -> Iterator[Any]:
+    """The arrow tables of ``read()`` (a shard of ``source`` read front to back); after a transient
+    failure the shard is read again from its start and the rows already given are skipped, so
+    each row comes once. ``Remote.retries`` counts the failures in a row, without a table between."""
+    settings = source.remote
+    tables: Optional[Iterator[Any]] = None
+    given = skip = 0
+    tries: Optional[_Tries] = None
+    while True:
+        try:
+            with _datasets_retries(settings):
+                if tables is None:
+                    tables, skip = read(), given
+                table = next(tables, None)
+        except Exception as err:  # noqa: BLE001 - transient ones are tried again, others raised as they are
+            if not _stream_transient(err, source):
+                raise
+            tries = tries or _Tries(what, settings, transient=lambda err: True)
+            time.sleep(tries.after(err))
+            tables = None
+            continue
+        if table is None:
+            return
+        if skip >= table.num_rows:
+            skip -= table.num_rows
+            continue
+        table, skip = table.slice(skip), 0
+        given += table.num_rows
+        tries = None
+        yield table

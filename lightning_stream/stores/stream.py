@@ -22,6 +22,7 @@ import datasets
 from ..order import block_permutation, window_permutation
 from ..spec import Source
 from .base import fingerprint, select_columns
+from .remote import opened, over_network, retried_tables
 
 __all__ = ["StreamStore", "StreamWindows"]
 
@@ -73,7 +74,7 @@ class StreamStore:
         if getattr(self, "_inferred", None) is not None and self._source.path == "json":
             kwargs["features"] = self._inferred
         try:
-            ids = datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs)
+            ids = opened(lambda: datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs), self._source)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"Source(path={self._source.path!r}): {err}") from err
         if self._source.columns is not None:
@@ -85,6 +86,13 @@ class StreamStore:
         return {**self.__dict__, "_ids": None}
 
     def read_shard(self, index: int) -> Iterator[pa.Table]:
+        """The shard's tables. Over a network, a transient failure (a 5xx, a reset) reads the shard
+        again, skipping the rows already given (``stores/remote.py``)."""
+        if not over_network(self._source):
+            return self._read_shard(index)
+        return retried_tables(lambda: self._read_shard(index), f"{self.where} shard {index}", self._source)
+
+    def _read_shard(self, index: int) -> Iterator[pa.Table]:
         shard = self._stream().shard(num_shards=self.num_shards, index=index, contiguous=True)
         if not self._arrow:
             schema = self.features.arrow_schema if self.features is not None else None
