@@ -1,7 +1,7 @@
 """Remote parquet over HTTP: rows/s against the same files read locally, with latency and failures.
 
-    python benchmarks/remote.py                          # 4 files x 25k rows of ~2 KB, median of 2, ~15 min
-    python benchmarks/remote.py --rows 32000 --out /tmp/remote.md   # ~6 min
+    python benchmarks/remote.py                          # 4 files x 25k rows of ~2 KB, median of 2, ~7 min
+    python benchmarks/remote.py --rows 32000 --out /tmp/remote.md   # ~3 min
     python benchmarks/remote.py --src /tmp/before        # lightning_stream imported from another folder
     python benchmarks/remote.py --cases ls-local,ls-50ms --repeats 3
 

@@ -92,6 +92,28 @@ def test_the_bytes_fetched_ahead_are_bounded(served, monkeypatch):
     assert store.take(np.array([5, ROWS + 5])).column("id").to_pylist() == [5, ROWS + 5]
 
 
+def test_row_groups_fetched_ahead_for_a_plan_left_behind_give_their_room_back(served):
+    """An epoch left before its end leaves row groups fetched ahead that no batch will ask for:
+    they must not hold the room of the next plan's row groups for ever."""
+    import numpy as np
+
+    from lightning_stream.stores.parquet import ParquetStore
+
+    server, _ = served
+    urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
+    store = ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=4)), cache_rows=GROUP)
+    groups = lambda first: [np.arange(g * GROUP, g * GROUP + 3) for g in range(first, first + 4)]  # noqa: E731
+    server.reset()
+    store.read_ahead(groups(0))  # the plan of an epoch that stops here
+    store.read_ahead(groups(20))  # the next plan: other row groups
+    time.sleep(0.5)
+    assert sum(server.requests.values()) == 2  # each plan's 4 neighbouring row groups in one request
+    rows = np.array([20 * GROUP + 1, 23 * GROUP + 2])
+    before = sum(server.requests.values())
+    assert store.take(rows).column("id").to_pylist() == rows.tolist()
+    assert sum(server.requests.values()) == before  # they were fetched ahead, not read now
+
+
 def test_a_worker_forked_after_remote_reads_does_not_wait_on_its_parents_event_loop(served):
     """A forked child holds its parent's filesystem, whose session belongs to an event loop with no
     thread in the child; collecting it there would wait on that loop (fsspec: 1 s, a whole batch)."""

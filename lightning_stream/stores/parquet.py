@@ -190,6 +190,9 @@ class ParquetStore(BlockStore):
         if not self.reads_ahead:
             return
         limit = self.remote.read_ahead
+        rows = list(rows)
+        if len(self._ahead) >= limit and next(self._upcoming(rows[:1]), None) is not None:
+            self._forget_unplanned(rows)  # full, yet the next batch's row groups are not among them
         slots, room = limit - len(self._ahead), self._ahead_budget - self._ahead_bytes
         if self._ahead and (slots < max(1, limit // 4) or room < self._ahead_budget // 4):
             return
@@ -208,7 +211,15 @@ class ParquetStore(BlockStore):
                 self._ahead[b] = (future, start)
                 self._ahead_bytes += self._span(b)[1] - self._span(b)[0]
 
-    def _upcoming(self, rows: Iterable[np.ndarray]) -> Iterator[int]:
+    def _forget_unplanned(self, rows: list[np.ndarray]) -> None:
+        """Drop the row groups fetched ahead that the plan no longer holds (an epoch left before
+        its end), so that they do not keep the room of the ones it needs."""
+        planned = set(np.searchsorted(self._block_end, np.concatenate(rows), side="right").tolist()) if rows else set()
+        for b in [b for b in self._ahead if b not in planned]:
+            del self._ahead[b]
+            self._ahead_bytes -= self._span(b)[1] - self._span(b)[0]
+
+    def _upcoming(self, rows: list[np.ndarray]) -> Iterator[int]:
         """The row groups of ``rows`` not cached nor asked for yet, in order of first need."""
         seen: set[int] = set()
         for batch in rows:
