@@ -6,6 +6,7 @@ Specs are plain data mirroring ``datasets.load_dataset``'s arguments; nothing he
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -93,6 +94,7 @@ class Source:
     def __post_init__(self) -> None:
         if isinstance(self.remote, dict):  # from YAML or a plain dict
             self.remote = Remote(**self.remote)
+        _check_source(self)
 
 
 @dataclass
@@ -143,9 +145,83 @@ class Mix:
     probabilities: Optional[list[float]] = None
     stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
 
+    def __post_init__(self) -> None:
+        _check_mix(self)
+
     @property
     def path(self) -> str:
         return "mix(" + ", ".join(as_source(s).path for s in self.sources) + ")"
+
+
+def _check_source(source: Source) -> None:
+    """Wrong arguments fail here, each named with what it must be: later they would surface as an
+    IndexError deep in the epoch order, or as an epoch of 0 steps (``columns=[]``)."""
+
+    def fail(error: type, arg: str, must: str) -> None:
+        raise error(f"Source({arg}={getattr(source, arg)!r}): {arg} must be {must}")
+
+    if isinstance(source.path, os.PathLike):
+        source.path = os.fspath(source.path)
+    if not isinstance(source.path, str) or not source.path:
+        fail(TypeError if not isinstance(source.path, str) else ValueError, "path", "a builder name, a folder, a file or a hub id (a non-empty string)")
+    if isinstance(source.data_dir, os.PathLike):
+        source.data_dir = os.fspath(source.data_dir)
+    for arg in ("name", "data_dir"):
+        if getattr(source, arg) is not None and not isinstance(getattr(source, arg), str):
+            fail(TypeError, arg, "a string or None")
+    files = source.data_files
+    if isinstance(files, (str, os.PathLike)):
+        source.data_files = os.fspath(files)
+    elif isinstance(files, (list, tuple)) and files and all(isinstance(f, (str, os.PathLike)) for f in files):
+        source.data_files = [os.fspath(f) for f in files]
+    elif files is not None:
+        fail(TypeError if not isinstance(files, (list, tuple)) else ValueError, "data_files",
+             "a file or glob pattern, a non-empty list of them, or None (one split's files: pick the split with split=)")
+    if not isinstance(source.split, str) or not source.split:
+        fail(TypeError if not isinstance(source.split, str) else ValueError, "split", 'a split name such as "train" (a non-empty string)')
+    if source.streaming is not None and not isinstance(source.streaming, bool):
+        fail(TypeError, "streaming", "True, False or None")
+    shards = source.num_shards
+    if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)):
+        fail(TypeError, "num_shards", "an int (the pieces whose order is shuffled each epoch) or None (pieces of 128 rows)")
+    if shards is not None and shards < 1:
+        fail(ValueError, "num_shards", "at least 1 (the pieces whose order is shuffled each epoch), or None (pieces of 128 rows)")
+    columns = source.columns
+    if isinstance(columns, str):
+        raise TypeError(f"Source(columns={columns!r}): columns must be a list of column names: columns=[{columns!r}]")
+    if columns is not None and (not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns)):
+        fail(TypeError, "columns", "a list of column names, or None for all of them")
+    if columns is not None and not columns:
+        fail(ValueError, "columns", "a non-empty list of column names (an empty one reads no column: every epoch would train 0 steps), or None for all")
+    if columns is not None and len(set(columns)) < len(columns):
+        fail(ValueError, "columns", "a list of distinct column names")
+    if not isinstance(source.load_kwargs, dict):
+        fail(TypeError, "load_kwargs", "a dict of keyword arguments for datasets.load_dataset")
+    if not isinstance(source.remote, Remote):
+        fail(TypeError, "remote", "a Remote (or a dict of its fields)")
+
+
+def _check_mix(mix: Mix) -> None:
+    """A Mix's own arguments; its sources are checked as they are made, and an empty one (0 rows)
+    when the stores open (``stores/mixture.py``)."""
+    sources = mix.sources
+    if isinstance(sources, (str, Source)) or not isinstance(sources, (list, tuple)):
+        raise TypeError(f"Mix(sources={sources!r}): sources must be a list of at least two sources (Source objects, paths or dicts)")
+    if len(sources) < 2:
+        raise ValueError(f"Mix(sources={sources!r}): a Mix needs at least two sources; read a single one without Mix")
+    if mix.stopping_strategy not in ("first_exhausted", "all_exhausted"):
+        raise ValueError(f"Mix(stopping_strategy={mix.stopping_strategy!r}): stopping_strategy must be 'first_exhausted' or 'all_exhausted'")
+    probs = mix.probabilities
+    if probs is None:
+        return
+    if isinstance(probs, (str, bytes)) or not isinstance(probs, (list, tuple)) or not all(
+        isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs
+    ):
+        raise TypeError(f"Mix(probabilities={probs!r}): probabilities must be a list of numbers, one per source")
+    if len(probs) != len(sources):
+        raise ValueError(f"Mix(probabilities={probs!r}): {len(probs)} probabilities for {len(sources)} sources; give one per source")
+    if any(not math.isfinite(p) or p < 0 for p in probs) or not sum(probs) > 0:
+        raise ValueError(f"Mix(probabilities={probs!r}): probabilities must be finite, non-negative and not all zero (they are normalised to sum to 1)")
 
 
 def as_source(spec: Any, *, split: str = "train") -> Union[Source, Mix, DatasetSource]:

@@ -33,6 +33,7 @@ import pyarrow as pa
 import datasets
 
 from ..spec import DatasetSource, Mix, Source
+from . import hub
 from .arrow import ArrowStore
 from .base import fingerprint, gather, select_columns
 from .mixture import MixtureStore
@@ -139,13 +140,14 @@ def open_store(spec: Union[Source, Mix, DatasetSource], *, cache_rows: int = 20_
     if isinstance(spec, Mix):
         return MixtureStore(spec, open_source=lambda s: open_store(s, cache_rows=cache_rows))
     kind = builder_of(spec)
-    if not spec.streaming:
-        if kind in ("save_to_disk", "arrow"):
-            return ArrowStore(spec)
-        if kind == "parquet":
-            return ParquetStore(spec, cache_rows=cache_rows)
-        if kind is None and spec.path not in STREAM_BUILDERS:
-            files = parquet_repo_files(spec)
-            if files is not None:  # a hub or local parquet repo: random access by row group
-                return ParquetStore(spec, cache_rows=cache_rows, files=files)
-    return StreamStore(spec)
+    with hub.opening(spec):  # a hub id: the hub answers in bounded time or a clear error, SIGTERM heard
+        if not spec.streaming:
+            if kind in ("save_to_disk", "arrow"):
+                return ArrowStore(spec)
+            if kind == "parquet":
+                return ParquetStore(spec, cache_rows=cache_rows)
+            if kind is None and spec.path not in STREAM_BUILDERS:
+                files = parquet_repo_files(spec)
+                if files is not None:  # a hub or local parquet repo: random access by row group
+                    return ParquetStore(spec, cache_rows=cache_rows, files=files)
+        return StreamStore(spec)

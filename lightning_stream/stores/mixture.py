@@ -61,19 +61,15 @@ class MixtureStore:
     random_access = True
 
     def __init__(self, mix: Mix, *, open_source: Callable[[Source], Store]) -> None:
-        if mix.stopping_strategy not in ("first_exhausted", "all_exhausted"):
-            raise ValueError(f"stopping_strategy must be 'first_exhausted' or 'all_exhausted', got {mix.stopping_strategy!r}")
-        sources = [as_source(s) for s in mix.sources]
-        if len(sources) < 2:
-            raise ValueError("a Mix needs at least two sources")
+        sources = [as_source(s) for s in mix.sources]  # the Mix checked its arguments when it was made
         probs = mix.probabilities or [1.0 / len(sources)] * len(sources)
-        if len(probs) != len(sources) or any(p < 0 for p in probs) or not sum(probs) > 0:
-            raise ValueError(f"Mix probabilities {probs} must be {len(sources)} non-negative numbers, not all zero")
         probs = [p / sum(probs) for p in probs]
         self.stores = [open_source(s) for s in sources]
-        for s, store in zip(sources, self.stores):
+        for i, (s, store) in enumerate(zip(sources, self.stores)):
             if not store.random_access:
                 raise ValueError(f"Mix needs random-access sources (parquet, arrow, save_to_disk); {s.path!r} is a stream")
+            if not store.num_rows:  # its share of the mixture could never be drawn
+                raise ValueError(f"Mix source {i} ({store.where}) has 0 rows: remove it from the Mix or give it rows")
         columns = list(self.stores[0].features)
         for s, store in zip(sources[1:], self.stores[1:]):
             if list(store.features) != columns:

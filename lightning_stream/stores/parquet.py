@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 import datasets
 
 from ..spec import Source
-from .base import BlockStore, files_fingerprint, gather, select_columns
+from .base import BlockStore, files_fingerprint, footer_digest, gather, select_columns
+from .culprits import schema_difference
 from .remote import RemoteFile, Span, fetch, is_remote, open_remote, row_group_span
 from .resolve import resolve_files
 
@@ -77,7 +78,8 @@ class ParquetStore(BlockStore):
         for i, (f, handle) in enumerate(zip(self.files, handles)):
             meta = self._footers[i] = handle.metadata
             if not handle.schema_arrow.remove_metadata().equals(schema.remove_metadata()):
-                raise ValueError(f"parquet file {f} has a different schema from {self.files[0]}")
+                difference = schema_difference(schema, handle.schema_arrow, self.files[0], f)
+                raise ValueError(f"parquet file {f} has a different schema from {self.files[0]}: {difference}")
             for g in range(meta.num_row_groups):
                 n = meta.row_group(g).num_rows
                 if n:
@@ -86,10 +88,12 @@ class ParquetStore(BlockStore):
                     self._block_rg.append(g)
             self.file_rows.append(meta.num_rows)
         self.num_rows = int(sum(self.block_lengths))
+        if not self.num_rows:  # named here: later it is only an epoch of 0 steps
+            raise ValueError(f"parquet file(s) {', '.join(self.files)}: 0 rows, nothing to read (written with a schema and no row?)")
         self._block_end = np.cumsum(self.block_lengths, dtype=np.int64)
         self.features = select_columns(datasets.Features.from_arrow_schema(schema), source.columns, self.files[0])
         self.where = ",".join(self.files)
-        self.fingerprint = files_fingerprint(self.files, self.file_rows)
+        self.fingerprint = files_fingerprint(self.files, self.file_rows, [footer_digest(self._footers[i]) for i in range(len(self.files))])
         self._cache_rows = cache_rows
         self._spans: dict[int, tuple[int, int]] = {}
         # Bytes fetched ahead at most: 64 MiB, or the compressed size of the rows the decoded cache

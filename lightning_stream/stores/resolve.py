@@ -1,7 +1,8 @@
 """From a :class:`~lightning_stream.spec.Source` to files and a format, before any store opens.
 
-File globbing, builder detection (``save_to_disk`` folder, ``arrow``, ``parquet``) and the
-discovery of the parquet files behind a hub id or a local repo.
+File globbing, builder detection (``save_to_disk`` folder, ``arrow``, ``parquet``), the
+discovery of the parquet files behind a hub id or a local repo, and the files of a local stream,
+listed once in the main process.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ from typing import Optional
 import datasets
 
 from ..spec import Source
+from .culprits import no_data_files
+from .hub import is_hub_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STREAM_BUILDERS", "builder_of", "parquet_repo_files", "resolve_files"]
+__all__ = ["STREAM_BUILDERS", "builder_of", "local_data_files", "parquet_repo_files", "resolve_files"]
 
 # Builders that are only ever read front to back, never looked up as a parquet repo.
 STREAM_BUILDERS = {"json", "csv", "text", "webdataset", "imagefolder", "audiofolder", "videofolder"}
@@ -55,13 +58,50 @@ def builder_of(source: Source) -> Optional[str]:
 
 def parquet_repo_files(source: Source) -> Optional[list[str]]:
     """The parquet files of a hub id or local repo, when ``datasets`` resolves it to parquet."""
-    kwargs = {k: v for k, v in source.load_kwargs.items() if k in ("revision", "token")}
     try:
-        builder = datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=source.data_files, **kwargs)
+        builder = _builder(source)
     except Exception as err:  # noqa: BLE001 - anything else is read as a stream, which reports its own errors
+        if _unreachable(err):
+            raise  # the stream would only ask the network again, as long
         log.debug("no parquet layout for %s: %s", source.path, err)
         return None
     files = (builder.config.data_files or {}).get(source.split)
     if builder.name != "parquet" or not files:
         return None
     return [str(f) for f in files]
+
+
+def local_data_files(source: Source) -> Optional[list[str]]:
+    """The local files ``datasets`` reads for ``source.split``, listed once: a stream opened again in
+    each worker is given this list, not the pattern, so a file that appears mid-run is read by no
+    process rather than by some. None for files on a network (a hub id, URLs)."""
+    patterns = [source.data_files] if isinstance(source.data_files, str) else source.data_files or []
+    if is_hub_id(source) or any("://" in p for p in patterns):
+        return None
+    files = (_builder(source).config.data_files or {}).get(source.split)
+    return [str(f) for f in files] if files else None
+
+
+def _builder(source: Source) -> datasets.DatasetBuilder:
+    """``datasets``' builder of ``source``; a local folder with no data file in it says so."""
+    kwargs = {k: v for k, v in source.load_kwargs.items() if k in ("revision", "token")}
+    try:
+        return datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=source.data_files, **kwargs)
+    except FileNotFoundError as err:
+        from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
+
+        message = no_data_files(source.path, _MODULE_TO_EXTENSIONS) if source.data_files is None else None
+        if message is None:
+            raise
+        raise FileNotFoundError(message) from err
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Whether ``err`` (or an error it comes from) is a network that did not answer, or offline mode."""
+    seen = 0
+    while err is not None and seen < 10:
+        names = {cls.__name__ for cls in type(err).__mro__}
+        if isinstance(err, (ConnectionError, TimeoutError)) or names & {"TimeoutException", "NetworkError", "OfflineModeIsEnabled"}:
+            return True
+        err, seen = err.__cause__, seen + 1
+    return False

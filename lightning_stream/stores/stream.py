@@ -21,8 +21,10 @@ import datasets
 
 from ..order import block_permutation, window_permutation
 from ..spec import Source
-from .base import fingerprint, select_columns
+from .base import file_digest, fingerprint, select_columns
+from .culprits import check_whole, json_culprit
 from .remote import opened, over_network, retried_tables
+from .resolve import local_data_files
 
 __all__ = ["StreamStore", "StreamWindows"]
 
@@ -50,8 +52,16 @@ class StreamStore:
             # The json builder infers the features from its first chunk (10 MB by default) in every
             # process that opens it; 1 MB still holds ~thousands of rows.
             self._load_kwargs.setdefault("chunksize", _INFER_BYTES)
+        try:
+            self._files = local_data_files(source)  # listed once, here; None over a network
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"Source(path={source.path!r}): {err}") from err
+        if self._files is not None:
+            self._load_kwargs["data_files"] = {source.split: self._files}
+            for f in self._files:  # a tar cut inside a member is read short, silently
+                check_whole(f)
         self._ids: Optional[datasets.IterableDataset] = None
-        ids = self._stream()
+        ids = self._opened()
         self.where = source.path if source.data_files is None else f"{source.path}:{source.data_files}"
         self.num_shards = ids.num_shards
         self._inferred = ids.features
@@ -61,11 +71,31 @@ class StreamStore:
         splits = (ids.info.splits or {}) if ids.info else {}
         info = splits.get(source.split) if hasattr(splits, "get") else None
         self.num_rows: Optional[int] = info.num_examples if info is not None and info.num_examples else None
-        self.fingerprint = fingerprint([source.path, source.name, str(source.data_files), source.split, self.num_shards])
+        if self._files is not None:  # local files: their base names and contents (the data may move)
+            named = [source.name, source.split, self.num_shards, [[os.path.basename(f), file_digest(f)] for f in self._files]]
+        else:
+            named = [source.path, source.name, str(source.data_files), source.split, self.num_shards]
+        self.fingerprint = fingerprint(named)
         # datasets' arrow batching breaks on webdataset shards whose samples list columns in
         # different orders; those are read as python rows (undecoded) and put back into arrow.
         builder = getattr(ids.info, "builder_name", None) if ids.info else None
         self._arrow = source.path != "webdataset" and builder != "webdataset"
+
+    def _opened(self) -> datasets.IterableDataset:
+        """The stream, opened in the main process. Some builders (json) read the first rows of the
+        first file to find the columns; an error there names that file, and the line for JSON."""
+        try:
+            return self._stream()
+        except (FileNotFoundError, ConnectionError):
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the reader raised, said with its file
+            if not self._files:
+                raise
+            line = json_culprit(self._files[0]) if isinstance(err, pa.ArrowInvalid) else None
+            raise ValueError(
+                f"cannot read {self._files[0]} (the first file of {self._source.path!r}, read to find its columns): "
+                f"{line or f'{type(err).__name__}: {err}'}"
+            ) from err
 
     def _stream(self) -> datasets.IterableDataset:
         if self._ids is not None and self._pid == os.getpid():
@@ -89,8 +119,20 @@ class StreamStore:
         """The shard's tables. Over a network, a transient failure (a 5xx, a reset) reads the shard
         again, skipping the rows already given (``stores/remote.py``)."""
         if not over_network(self._source):
-            return self._read_shard(index)
+            return self._named(index)
         return retried_tables(lambda: self._read_shard(index), f"{self.where} shard {index}", self._source)
+
+    def _named(self, index: int) -> Iterator[pa.Table]:
+        """A local shard's tables; an error reading them (a truncated .gz, a malformed line) names
+        the shard's file, and for JSON lines the line, rather than only the row of datasets' chunk."""
+        try:
+            yield from self._read_shard(index)
+        except Exception as err:  # noqa: BLE001 - whatever the reader raised, said with its file
+            files = self._files if self._files is not None and len(self._files) == self.num_shards else None
+            if files is None:
+                raise ValueError(f"cannot read shard {index} of {self.where}: {type(err).__name__}: {err}") from err
+            line = json_culprit(files[index]) if isinstance(err, pa.ArrowInvalid) else None
+            raise ValueError(f"cannot read {files[index]} (shard {index} of {self.where}): {line or f'{type(err).__name__}: {err}'}") from err
 
     def _read_shard(self, index: int) -> Iterator[pa.Table]:
         shard = self._stream().shard(num_shards=self.num_shards, index=index, contiguous=True)
