@@ -119,7 +119,8 @@ def child(spec: dict) -> dict:
         from lightning_stream import Source, StreamingDataModule
 
         t0 = time.perf_counter()
-        dm = StreamingDataModule(train=Source(path="parquet", data_files=files), transform=light, batch_size=BATCH,
+        remote = {"remote": spec["remote"]} if spec.get("remote") else {}  # a dict: Source makes the Remote
+        dm = StreamingDataModule(train=Source(path="parquet", data_files=files, **remote), transform=light, batch_size=BATCH,
                                  num_workers=WORKERS, shuffle=True, buffer_size=BUFFER, seed=SEED)
         loader = dm.train_dataloader()
         print(f"lightning_stream from {os.path.dirname(sys.modules['lightning_stream'].__file__)}", file=sys.stderr)
@@ -313,6 +314,7 @@ def main() -> None:
     p.add_argument("--out", help="also write the table (markdown) here")
     p.add_argument("--src", help="import lightning_stream from this folder instead of this checkout, e.g. "
                                  "`git archive <commit> lightning_stream | tar -x -C DIR` for a before/after run")
+    p.add_argument("--remote", type=json.loads, help='Remote settings for lightning_stream, as JSON: \'{"backoff": 0.1}\'')
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -333,7 +335,7 @@ def main() -> None:
         for rep in range(a.repeats):
             for c in cases:
                 t = time.perf_counter()
-                r = run_one(c, {"rows": rows, "seed": rep, "src": a.src and os.path.abspath(a.src)}, root, a.timeout, memory)
+                r = run_one(c, {"rows": rows, "seed": rep, "src": a.src and os.path.abspath(a.src), "remote": a.remote}, root, a.timeout, memory)
                 results[c].append(r)
                 shown = r.get("error") or f"{rows / r['wall']:,.0f} rows/s, first batch {r['first']:.2f} s, {r['rss']:,.0f} MB"
                 print(f"[{rep + 1}/{a.repeats}] {c}: {shown} ({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)

@@ -3,6 +3,7 @@
 import gc
 import importlib.util
 import os
+import re
 import time
 
 import pyarrow as pa
@@ -10,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from lightning_stream import Remote, Source, StreamingDataModule
+from lightning_stream.stores.remote import RemoteReadError
 from lightning_stream.testing import assert_resume_equivalent
 
 # benchmarks/rangeserver.py, loaded by path: putting benchmarks/ on sys.path would let its io.py shadow the stdlib's.
@@ -230,3 +232,15 @@ def test_a_server_that_never_answers_fails_in_bounded_time_naming_its_url(tmp_pa
         with pytest.raises(ValueError, match="a.parquet.*after 2 tries"):
             StreamingDataModule(train=src).train_dataloader()
         assert time.monotonic() - began < 10
+
+
+def test_a_json_stream_from_a_server_that_never_answers_fails_in_bounded_time_naming_its_url(tmp_path):
+    # datasets reads streams with aiohttp's 5-minute default; Remote.timeout bounds them too.
+    (tmp_path / "a.jsonl").write_text("".join(f'{{"id": {i}}}\n' for i in range(10)))
+    with RangeServer(str(tmp_path), silent=True) as silent:
+        url = f"{silent.url}/a.jsonl"
+        src = Source(path="json", data_files=[url], remote=Remote(timeout=1, retries=2, backoff=0.1))
+        began = time.monotonic()
+        with pytest.raises(RemoteReadError, match=rf"{re.escape(url)} did not answer"):
+            StreamingDataModule(train=src).train_dataloader()
+        assert time.monotonic() - began < 20

@@ -158,8 +158,10 @@ class _Tries:
                 f"cannot read {self.what} after {self.attempt} tries in {spent:.0f} s: {type(err).__name__}: {err}. "
                 "For a flaky link, raise Source(remote=Remote(retries=..., give_up_after=...))."
             ) from err
-        log.info("retrying %s in %.1f s after %s: %s", self.what, self.wait, type(err).__name__, err)
-        wait, self.wait = self.wait * random.uniform(0.5, 1.5), min(30.0, self.wait * 2)
+        # "Full jitter": any wait up to the doubled bound, so that readers who failed together do not
+        # come back together, and a lone failure (the common case) is tried again soon.
+        wait, self.wait = random.uniform(0, self.wait), min(30.0, self.wait * 2)
+        log.info("retrying %s in %.2f s after %s: %s", self.what, wait, type(err).__name__, err)
         return wait
 
 
@@ -194,19 +196,43 @@ async def fetch_async(fs: Any, path: str, start: int, end: int, settings: Remote
             await asyncio.sleep(tries.after(err))
 
 
+def _with_timeout(options: dict, settings: Remote) -> dict:
+    """HTTP ``storage_options`` with aiohttp's timeouts bounded by ``settings.timeout``: it waits
+    5 minutes by default, then ``datasets`` tries again, and a server that stops answering held a
+    run for over 5 minutes a read. The connect and each read are bounded, not the whole answer,
+    which a slow link may take longer to send. A timeout the user gave is kept."""
+    import aiohttp
+
+    options = dict(options)
+    client = dict(options.pop("client_kwargs", {}))
+    client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout))
+    options["client_kwargs"] = client
+    return options
+
+
+def stream_storage_options(source: Any) -> Optional[dict]:
+    """The ``storage_options`` for ``datasets.load_dataset`` of a stream over HTTP(S) URLs: the
+    user's, with :func:`_with_timeout` for the http and https protocols (``datasets`` keys them by
+    protocol, or takes unkeyed ones for every protocol). None when nothing is read over HTTP."""
+    files = source.data_files
+    urls = [files] if isinstance(files, str) else list(files or [])
+    if not any(str(f).startswith(("http://", "https://")) for f in urls):
+        return None
+    import fsspec
+
+    given = dict(source.load_kwargs.get("storage_options") or {})
+    keyed = any(key in fsspec.available_protocols() for key in given)
+    options = dict(given) if keyed else {}
+    for protocol in ("http", "https"):
+        options[protocol] = _with_timeout(given.get(protocol, {}) if keyed else given, source.remote)
+    return options
+
+
 def open_remote(path: str, settings: Remote, storage_options: dict, size: Optional[int] = None) -> RemoteFile:
     """The file at ``path``; its size asked once, with the same retries, unless given."""
     import fsspec
 
-    options = dict(storage_options)
-    if path.startswith(("http://", "https://")):
-        # aiohttp waits 5 minutes by default: bound the connect and each read instead (not the
-        # whole answer, which a slow link may take longer to send).
-        import aiohttp
-
-        client = dict(options.pop("client_kwargs", {}))
-        client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout))
-        options["client_kwargs"] = client
+    options = _with_timeout(storage_options, settings) if path.startswith(("http://", "https://")) else dict(storage_options)
     fs, resolved = fsspec.core.url_to_fs(path, **options)
     kept = _FILESYSTEMS.setdefault(os.getpid(), [])
     if not any(fs is other for other in kept):
@@ -271,30 +297,39 @@ def over_network(source: Any) -> bool:
     return any(is_remote(f) for f in ([files] if isinstance(files, str) else files))
 
 
-def _there(url: str, source: Any) -> bool:
-    """Whether ``url`` answers (one try): a file ``datasets`` said was missing may not be."""
+def _probe(url: str, source: Any) -> Optional[BaseException]:
+    """Whether ``url`` answers (one try): None if it does, else the error (a FileNotFoundError when
+    it is missing). A file ``datasets`` said was missing may be on a server that did not answer."""
     options = source.load_kwargs.get("storage_options", {})
     try:
         open_remote(url, dataclasses.replace(source.remote, retries=1), options)
     except RemoteReadError as err:
-        return not isinstance(err.__cause__, FileNotFoundError)
-    return True
+        return err.__cause__ or err
+    return None
 
 
-def _stream_transient(err: BaseException, source: Any) -> bool:
-    """Transient for a stream: :func:`_transient`, also down its causes (``raise ... from``), or a
-    failed request that ``datasets`` reported as something else. Its file checks take a failed GET
-    for a missing file: it says ``FileNotFoundError`` naming a URL that does answer, or, having
-    then listed the URL as a folder, aiohttp's ``NonHttpUrlClientError``."""
+def _stream_transient(err: BaseException, source: Any) -> Optional[BaseException]:
+    """For a stream's error, the transient failure to count and report (``err``, or what a URL that
+    ``datasets`` called missing really did), or None for a permanent one. Transient: :func:`_transient`,
+    also down its causes (``raise ... from``), or a failed request that ``datasets`` reported as
+    something else. Its file checks take a failed GET for a missing file: it says
+    ``FileNotFoundError`` naming a URL that does answer (or that timed out), or, having then listed
+    the URL as a folder, aiohttp's ``NonHttpUrlClientError``."""
     chain: list[BaseException] = []
     while err is not None and len(chain) < 10:
         chain.append(err)
         err = err.__cause__
     if any(_transient(e) or type(e).__name__ == "NonHttpUrlClientError" for e in chain):
-        return True
+        return chain[0]
     missing = chain[0]
     urls = _URL.findall(str(missing)) if isinstance(missing, FileNotFoundError) else []
-    return bool(urls) and all(_there(url, source) for url in urls)
+    probes = {url: _probe(url, source) for url in urls}
+    if not urls or any(isinstance(p, FileNotFoundError) for p in probes.values()):
+        return None
+    silent = {url: p for url, p in probes.items() if p is not None}
+    if not silent:
+        return missing
+    return ConnectionError("; ".join(f"{url} did not answer ({type(p).__name__}: {str(p) or 'timed out'})" for url, p in silent.items()))
 
 
 def opened(load: Callable[[], Any], source: Any) -> Any:
@@ -305,15 +340,18 @@ def opened(load: Callable[[], Any], source: Any) -> Any:
 
     if not over_network(source) or datasets.config.HF_HUB_OFFLINE:
         return load()
-    tries = _Tries(str(source.path), source.remote, transient=lambda err: True)  # classified here
+    files = source.data_files
+    what = f"{source.path} ({', '.join([files] if isinstance(files, str) else files)})" if files else str(source.path)
+    tries = _Tries(what, source.remote, transient=lambda err: True)  # classified here
     while True:
         try:
             with _datasets_retries(source.remote):
                 return load()
         except Exception as err:  # noqa: BLE001 - transient ones are tried again
-            if not _stream_transient(err, source):
+            counted = _stream_transient(err, source)
+            if counted is None:
                 raise
-            time.sleep(tries.after(err))
+            time.sleep(tries.after(counted))
 
 
 @contextlib.contextmanager
@@ -348,10 +386,11 @@ def retried_tables(read: Callable[[], Iterator[Any]], what: str, source: Any) ->
                     tables, skip = read(), given
                 table = next(tables, None)
         except Exception as err:  # noqa: BLE001 - transient ones are tried again, others raised as they are
-            if not _stream_transient(err, source):
+            counted = _stream_transient(err, source)
+            if counted is None:
                 raise
             tries = tries or _Tries(what, settings, transient=lambda err: True)
-            time.sleep(tries.after(err))
+            time.sleep(tries.after(counted))
             tables = None
             continue
         if table is None:

@@ -23,7 +23,7 @@ from ..order import block_permutation, window_permutation
 from ..spec import Source
 from .base import file_digest, fingerprint, select_columns
 from .culprits import check_whole, json_culprit
-from .remote import opened, over_network, retried_tables
+from .remote import opened, over_network, retried_tables, stream_storage_options
 from .resolve import local_data_files
 
 __all__ = ["StreamStore", "StreamWindows"]
@@ -103,6 +103,9 @@ class StreamStore:
         kwargs = dict(self._load_kwargs)
         if getattr(self, "_inferred", None) is not None and self._source.path == "json":
             kwargs["features"] = self._inferred
+        options = stream_storage_options(self._source)  # a silent server: Remote.timeout, not 5 min
+        if options is not None:
+            kwargs["storage_options"] = options
         try:
             ids = opened(lambda: datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs), self._source)
         except FileNotFoundError as err:
