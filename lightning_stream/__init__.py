@@ -13,6 +13,7 @@ from .dataset import RowError, StreamingDataset
 from .loader import StreamingDataLoader
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
+from .stores.remote import RemoteReadError
 from .transforms import Filter, Map, TransformError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "Map",
     "Mix",
     "Remote",
+    "RemoteReadError",
     "RowError",
     "Source",
     "DatasetSource",

@@ -7,7 +7,8 @@ waits only for what is not already there. Row groups next to each other in a fil
 range request, up to ``Remote.max_request_bytes``. The bytes fetched ahead are bounded too (64
 MiB, or the compressed size of the two shuffle windows the decoded cache holds when that is
 more), so files of huge row groups cannot fill the memory. A row group is decoded by the reader,
-when its batch needs it.
+when its batch needs it. With ``Remote.cache_dir``, row groups once fetched are kept on the
+node's disk (``stores/block_cache.py``) and read from there by any process of the node.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import datasets
 
 from ..spec import Source
 from .base import BlockStore, files_fingerprint, footer_digest, gather, select_columns
+from .block_cache import BlockCache
 from .culprits import schema_difference
 from .remote import RemoteFile, Span, fetch, is_remote, open_remote, row_group_span
 from .resolve import resolve_files
@@ -93,7 +95,10 @@ class ParquetStore(BlockStore):
         self._block_end = np.cumsum(self.block_lengths, dtype=np.int64)
         self.features = select_columns(datasets.Features.from_arrow_schema(schema), source.columns, self.files[0])
         self.where = ",".join(self.files)
-        self.fingerprint = files_fingerprint(self.files, self.file_rows, [footer_digest(self._footers[i]) for i in range(len(self.files))])
+        self._digests = [footer_digest(self._footers[i]) for i in range(len(self.files))]
+        self.fingerprint = files_fingerprint(self.files, self.file_rows, self._digests)
+        self._disk = BlockCache(self.remote.cache_dir, self.remote.cache_bytes) if self._remote and self.remote.cache_dir else None
+        self._from_disk: set[int] = set()  # row groups in ``_ahead`` that came from the disk cache
         self._cache_rows = cache_rows
         self._spans: dict[int, tuple[int, int]] = {}
         # Bytes fetched ahead at most: 64 MiB, or the compressed size of the rows the decoded cache
@@ -105,7 +110,7 @@ class ParquetStore(BlockStore):
     def _local(self) -> None:
         if self._pid != os.getpid():
             self._handles, self._cache, self._pid = {}, OrderedDict(), os.getpid()
-            self._remotes, self._lock, self._ahead, self._ahead_bytes = {}, threading.Lock(), {}, 0
+            self._remotes, self._lock, self._ahead, self._ahead_bytes, self._from_disk = {}, threading.Lock(), {}, 0, set()
 
     def _open_all(self) -> list[pq.ParquetFile]:
         """Every file's handle (and footer); remote files several at once: each costs round trips."""
@@ -132,7 +137,8 @@ class ParquetStore(BlockStore):
 
     def __getstate__(self) -> dict:
         # File handles, requests in flight and decoded row groups stay in the process that opened them.
-        return {**self.__dict__, "_handles": {}, "_cache": OrderedDict(), "_remotes": {}, "_lock": None, "_ahead": {}, "_ahead_bytes": 0}
+        return {**self.__dict__, "_handles": {}, "_cache": OrderedDict(), "_remotes": {}, "_lock": None, "_ahead": {}, "_ahead_bytes": 0,
+                "_from_disk": set()}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -157,11 +163,35 @@ class ParquetStore(BlockStore):
                 data, start = ahead[0].result(), ahead[1]
             else:
                 start, end = self._span(b)
-                data = fetch(remote.fs, remote.path, start, end, self.remote)
+                data = self._from_cache(b)
+                if data is None:
+                    data = fetch(remote.fs, remote.path, start, end, self.remote)
+                    self._to_cache(b, data, start)
+            if ahead is not None and b not in self._from_disk:
+                self._to_cache(b, data, start)
+            self._from_disk.discard(b)
             span = Span(data, start, remote.size, self.files[f])
             return pq.ParquetFile(span, metadata=self._footers[f]).read_row_group(g, columns=self.columns)
         except (pa.ArrowException, OSError) as err:
             raise ValueError(f"cannot read row group {g} of parquet file {self.files[f]}: {err}") from err
+
+    def _cache_key(self, b: int) -> str:
+        start, end = self._span(b)
+        f = self._block_file[b]
+        return self._disk.key(self.files[f], self._digests[f], start, end)
+
+    def _from_cache(self, b: int) -> Optional[bytes]:
+        """Row group ``b``'s bytes from the node's disk cache, if it is on and holds them."""
+        if self._disk is None:
+            return None
+        start, end = self._span(b)
+        return self._disk.get(self._cache_key(b), end - start)
+
+    def _to_cache(self, b: int, data: bytes, start: int) -> None:
+        """Keep row group ``b``'s bytes (within ``data``, which begins at ``start``) on the disk."""
+        if self._disk is not None:
+            lo, hi = self._span(b)
+            self._disk.put(self._cache_key(b), bytes(memoryview(data)[lo - start : hi - start]))
 
     def _remote_file(self, f: int) -> RemoteFile:
         remote = self._remotes.get(f)
@@ -205,8 +235,16 @@ class ParquetStore(BlockStore):
             size = self._span(b)[1] - self._span(b)[0]
             if len(wanted) >= slots or (size > room and (wanted or self._ahead)):
                 break
-            wanted.append(b)
             room -= size
+            data = self._from_cache(b)
+            if data is not None:  # on the node's disk: no request
+                done: Future = Future()
+                done.set_result(data)
+                self._ahead[b], self._ahead_bytes = (done, self._span(b)[0]), self._ahead_bytes + size
+                self._from_disk.add(b)
+                slots -= 1
+                continue
+            wanted.append(b)
         for group in self._requests(wanted):
             f = self._block_file[group[0]]
             start, end = self._span(group[0])[0], self._span(group[-1])[1]
@@ -222,6 +260,7 @@ class ParquetStore(BlockStore):
         for b in [b for b in self._ahead if b not in planned]:
             del self._ahead[b]
             self._ahead_bytes -= self._span(b)[1] - self._span(b)[0]
+            self._from_disk.discard(b)
 
     def _upcoming(self, rows: list[np.ndarray]) -> Iterator[int]:
         """The row groups of ``rows`` not cached nor asked for yet, in order of first need."""
