@@ -78,6 +78,7 @@ CASES = {
     "ls-100ms": ("lightning_stream", {"latency": 0.100}, "HTTP, 100 ms"),
     "ls-50ms-503": ("lightning_stream", {"latency": 0.050, "fail_rate": 0.02}, "HTTP, 50 ms, 2 % 503"),
     "ls-20ms-50MBps": ("lightning_stream", {"latency": 0.020, "bandwidth": 50e6}, "HTTP, 20 ms, 50 MB/s per response"),
+    "ls-50ms-cached": ("lightning_stream", {"latency": 0.050}, "HTTP, 50 ms, 2nd epoch, node cache"),
     "plain-local": ("plain recipe", None, "local files"),
     "plain-50ms": ("plain recipe", {"latency": 0.050}, "HTTP, 50 ms"),
     "plain-50ms-503": ("plain recipe", {"latency": 0.050, "fail_rate": 0.02}, "HTTP, 50 ms, 2 % 503"),
@@ -120,9 +121,19 @@ def child(spec: dict) -> dict:
 
         t0 = time.perf_counter()
         remote = {"remote": spec["remote"]} if spec.get("remote") else {}  # a dict: Source makes the Remote
+        if spec.get("cached"):  # Remote(cache_dir=...): epoch 0 fills the node's cache, epoch 1 is timed
+            import tempfile
+
+            remote = {"remote": {**remote.get("remote", {}), "cache_dir": tempfile.mkdtemp(prefix="ls-cache-")}}
         dm = StreamingDataModule(train=Source(path="parquet", data_files=files, **remote), transform=light, batch_size=BATCH,
                                  num_workers=WORKERS, shuffle=True, buffer_size=BUFFER, seed=SEED)
+        if spec.get("cached"):
+            for _ in dm.train_dataloader():
+                pass
+            t0 = time.perf_counter()
         loader = dm.train_dataloader()
+        if spec.get("cached"):
+            loader.set_epoch(1)
         print(f"lightning_stream from {os.path.dirname(sys.modules['lightning_stream'].__file__)}", file=sys.stderr)
     else:
         import datasets
@@ -142,6 +153,10 @@ def child(spec: dict) -> dict:
     wall = time.perf_counter() - t0
     if dm is not None:
         dm.teardown("fit")
+        if spec.get("cached"):
+            import shutil
+
+            shutil.rmtree(remote["remote"]["cache_dir"], ignore_errors=True)
     ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     unique = np.unique(ids)
     missing = rows - int(np.count_nonzero((unique >= 0) & (unique < rows)))
@@ -184,7 +199,7 @@ def run_one(name: str, spec: dict, data: str, timeout: float, memory) -> dict:
     size = sum(os.path.getsize(os.path.join(data, n)) for n in names)
 
     def go(files: list[str]) -> dict:
-        args = json.dumps({**spec, "loader": loader, "files": files})
+        args = json.dumps({**spec, "loader": loader, "files": files, "cached": name.endswith("-cached")})
         proc = subprocess.Popen([sys.executable, __file__, "--child", args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         peak, deadline = 0.0, time.monotonic() + timeout
