@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional, Union
 
@@ -73,7 +74,8 @@ class Source:
             ``"webdataset"``), a ``save_to_disk`` folder, a single local file, or a hub id
             (opened with ``streaming=True``).
         name: dataset configuration name (hub datasets).
-        data_files: file(s) or glob pattern(s), as in ``load_dataset``.
+        data_files: file(s) or glob pattern(s), as in ``load_dataset``; a dict of them by split
+            (``{"train": ..., "validation": ...}``) is read for ``split``.
         data_dir: data directory, as in ``load_dataset``.
         split: split to read.
         streaming: force stream reading (front to back) even for a random-access format.
@@ -92,7 +94,7 @@ class Source:
 
     path: str
     name: Optional[str] = None
-    data_files: Union[str, list[str], None] = None
+    data_files: Union[str, list[str], dict[str, Union[str, list[str]]], None] = None
     data_dir: Optional[str] = None
     split: str = "train"
     streaming: Optional[bool] = None
@@ -180,13 +182,19 @@ def _check_source(source: Source) -> None:
         if getattr(source, arg) is not None and not isinstance(getattr(source, arg), str):
             fail(TypeError, arg, "a string or None")
     files = source.data_files
+    if isinstance(files, Mapping) and isinstance(source.split, str):  # load_dataset's {split: files}
+        name = source.split.split("[")[0]
+        if name not in files:
+            raise ValueError(f"Source(data_files={files!r}, split={source.split!r}): no files for split {name!r}; "
+                             f"the splits given are {list(files)}: pick one with split=")
+        files = source.data_files = files[name]
     if isinstance(files, (str, os.PathLike)):
         source.data_files = os.fspath(files)
     elif isinstance(files, (list, tuple)) and files and all(isinstance(f, (str, os.PathLike)) for f in files):
         source.data_files = [os.fspath(f) for f in files]
     elif files is not None:
         fail(TypeError if not isinstance(files, (list, tuple)) else ValueError, "data_files",
-             "a file or glob pattern, a non-empty list of them, or None (one split's files: pick the split with split=)")
+             "a file or glob pattern, a non-empty list of them, a dict of them by split (as in load_dataset), or None")
     if not isinstance(source.split, str) or not source.split:
         fail(TypeError if not isinstance(source.split, str) else ValueError, "split", 'a split name such as "train" (a non-empty string)')
     if source.streaming is not None and not isinstance(source.streaming, bool):

@@ -363,3 +363,13 @@ def test_mix_with_an_empty_source_names_it(tmp_path, data_dir):
     datasets.Dataset.from_dict({"id": pa.array([], pa.int64()), "text": pa.array([], pa.string())}).save_to_disk(empty)
     with pytest.raises(ValueError, match=r"empty: 0 rows"):
         loader(Mix(sources=[os.path.join(data_dir, "disk"), empty]))
+
+
+def test_data_files_by_split_as_in_load_dataset(tmp_path):
+    train = write_jsonl(tmp_path / "train.jsonl", 0, 30)
+    val = write_jsonl(tmp_path / "val.jsonl", 100, 110)
+    files = {"train": train, "validation": [val]}
+    assert sorted(ids(Source(path="json", data_files=files))) == list(range(30))
+    assert sorted(ids(Source(path="json", data_files=files, split="validation"))) == list(range(100, 110))
+    with pytest.raises(ValueError, match=r"no files for split 'test'; the splits given are \['train', 'validation'\]"):
+        Source(path="json", data_files=files, split="test")

@@ -19,7 +19,7 @@ from .hub import is_hub_id
 
 log = logging.getLogger(__name__)
 
-__all__ = ["STREAM_BUILDERS", "builder_of", "local_data_files", "parquet_repo_files", "resolve_files"]
+__all__ = ["STREAM_BUILDERS", "builder_of", "local_data_files", "parquet_repo_files", "resolve_files", "split_files"]
 
 # Builders that are only ever read front to back, never looked up as a parquet repo.
 STREAM_BUILDERS = {"json", "csv", "text", "webdataset", "imagefolder", "audiofolder", "videofolder"}
@@ -82,11 +82,17 @@ def local_data_files(source: Source) -> Optional[list[str]]:
     return [str(f) for f in files] if files else None
 
 
+def split_files(source: Source) -> Optional[dict]:
+    """``source.data_files`` keyed by its split, as ``datasets`` takes them: files given without a
+    split are read as ``"train"`` there, and ``split="validation"`` would find none."""
+    return None if source.data_files is None else {source.split: source.data_files}
+
+
 def _builder(source: Source) -> datasets.DatasetBuilder:
     """``datasets``' builder of ``source``; a local folder with no data file in it says so."""
     kwargs = {k: v for k, v in source.load_kwargs.items() if k in ("revision", "token")}
     try:
-        return datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=source.data_files, **kwargs)
+        return datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=split_files(source), **kwargs)
     except FileNotFoundError as err:
         from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
 

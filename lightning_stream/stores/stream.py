@@ -24,7 +24,7 @@ from ..spec import Source
 from .base import file_digest, fingerprint, select_columns
 from .culprits import check_whole, json_culprit
 from .remote import opened, over_network, retried_tables, stream_storage_options
-from .resolve import local_data_files
+from .resolve import local_data_files, split_files
 
 __all__ = ["StreamStore", "StreamWindows"]
 
@@ -45,9 +45,11 @@ class StreamStore:
     def __init__(self, source: Source) -> None:
         self._source = source
         self._load_kwargs = dict(source.load_kwargs)
-        for key in ("name", "data_files", "data_dir"):
+        for key in ("name", "data_dir"):
             if getattr(source, key) is not None:
                 self._load_kwargs[key] = getattr(source, key)
+        if source.data_files is not None:
+            self._load_kwargs["data_files"] = split_files(source)
         if source.path == "json":
             # The json builder infers the features from its first chunk (10 MB by default) in every
             # process that opens it; 1 MB still holds ~thousands of rows.
