@@ -264,12 +264,14 @@ class ParquetStore(BlockStore):
 
     def _upcoming(self, rows: list[np.ndarray]) -> Iterator[int]:
         """The row groups of ``rows`` not cached nor asked for yet, in order of first need."""
-        seen: set[int] = set()
-        for batch in rows:
-            for b in dict.fromkeys(np.searchsorted(self._block_end, batch, side="right").tolist()):
-                if b not in seen and b not in self._cache and b not in self._ahead:
-                    seen.add(b)
-                    yield b
+        if not rows:
+            return
+        # One search over all the rows rather than one per batch: this runs each batch, over the
+        # rows of ~a hundred batches.
+        blocks, first = np.unique(np.searchsorted(self._block_end, np.concatenate(rows), side="right"), return_index=True)
+        for b in blocks[np.argsort(first, kind="stable")].tolist():
+            if b not in self._cache and b not in self._ahead:
+                yield b
 
     def _requests(self, blocks: list[int]) -> list[list[int]]:
         """``blocks`` as range requests: runs of row groups adjacent in one file, each run at most
