@@ -211,11 +211,6 @@ class StreamingDataModule(pl.LightningDataModule):
         for loader in list(self._loaders):
             loader.shutdown_workers()
 
-    def on_exception(self, exception: BaseException) -> None:
-        # A run that ends in an exception (a crash, Ctrl-C) gets this hook from Lightning, not
-        # ``teardown``: its workers were left to the collector, 5 s each, in whatever ran next.
-        self.teardown("fit")
-
     def _topology(self) -> tuple[int, int]:
         if self.trainer is not None:
             return self.trainer.global_rank, self.trainer.world_size
