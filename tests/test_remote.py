@@ -168,16 +168,21 @@ def remote_files(root):
     return [name for name in sorted(os.listdir(root)) if name.endswith(".parquet")]
 
 
+def flaky_epoch(path: str, urls: list[str], seed: int) -> list[int]:
+    """The ids of one shuffled epoch read by 2 workers from ``urls``, retried after 0.05 s."""
+    src = Source(path=path, data_files=urls, remote=Remote(backoff=0.05))
+    dm = StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, seed=seed)
+    ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
+    dm.teardown("fit")
+    return ids
+
+
 def test_transient_failures_and_latency_every_row_exactly_once(served):
     """50 ms per request, 2% of answers a 503 and 2% cut halfway: the reads are retried, and the
     epoch is whole."""
     _, root = served
     with RangeServer(root, latency=0.05, fail_rate=0.02, cut_rate=0.02, seed=3) as flaky:
-        urls = [f"{flaky.url}/{name}" for name in remote_files(root)]
-        src = Source(path="parquet", data_files=urls, remote=Remote(backoff=0.05))
-        dm = StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, seed=2)
-        ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-        dm.teardown("fit")
+        ids = flaky_epoch("parquet", [f"{flaky.url}/{name}" for name in remote_files(root)], seed=2)
         # the failures did happen (seed 3: 3 failures and 5 cuts in the first 200 draws), and were ridden over
         assert flaky.failed > 0 and sum(flaky.cuts.values()) > 0
     assert sorted(ids) == list(range(FILES * ROWS))
@@ -193,11 +198,7 @@ def test_a_json_stream_over_http_rides_over_503s_and_cut_answers(tmp_path):
             f.writelines(json.dumps({"id": j, "text": "y" * 300}) + "\n" for j in range(i * 2000, (i + 1) * 2000))
     # Seed 84: the 3rd draw cuts an answer and the 4th fails one; every epoch makes more than 4 GETs.
     with RangeServer(str(tmp_path), fail_rate=0.02, cut_rate=0.02, seed=84) as flaky:
-        urls = [f"{flaky.url}/part-{i}.jsonl" for i in range(FILES)]
-        src = Source(path="json", data_files=urls, remote=Remote(backoff=0.05))
-        dm = StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, seed=1)
-        ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-        dm.teardown("fit")
+        ids = flaky_epoch("json", [f"{flaky.url}/part-{i}.jsonl" for i in range(FILES)], seed=1)
         assert flaky.failed > 0 and sum(flaky.cuts.values()) > 0
     assert sorted(ids) == list(range(FILES * 2000))
 

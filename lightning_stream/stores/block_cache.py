@@ -52,13 +52,15 @@ class BlockCache:
         """Store ``data``; a full disk or a folder gone only means no cache for it."""
         if len(data) > self.max_bytes:
             return
+        tmp = None
         try:
             fd, tmp = tempfile.mkstemp(dir=self.folder, suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, os.path.join(self.folder, key + _SUFFIX))
         except OSError:
-            _remove(locals().get("tmp", ""))
+            if tmp is not None:
+                _remove(tmp)
             return
         self._written += len(data)
         if self._written >= max(1, self.max_bytes // 16):  # measure the folder now and then, not per write

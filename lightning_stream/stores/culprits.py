@@ -19,7 +19,7 @@ from typing import IO, Optional
 
 import pyarrow as pa
 
-__all__ = ["check_whole", "json_culprit", "no_data_files", "schema_difference"]
+__all__ = ["check_whole", "json_culprit", "no_data_files", "read_error", "schema_difference"]
 
 # An arrow IPC stream ends with this marker (continuation token, then a 0 length): datasets writes
 # it when it closes a file (``ArrowWriter.finalize``); a stream cut anywhere lacks it.
@@ -103,6 +103,13 @@ def json_culprit(path: str) -> Optional[str]:
     except (OSError, EOFError):  # the error itself was about reading the file: it is named already
         return None
     return None
+
+
+def read_error(path: str, err: BaseException) -> str:
+    """What went wrong reading local file ``path``: for an arrow parse error in JSON lines, the first
+    line that is not JSON (``datasets`` counts rows of its chunk), else the error itself."""
+    line = json_culprit(path) if isinstance(err, pa.ArrowInvalid) else None
+    return line or f"{type(err).__name__}: {err}"
 
 
 def no_data_files(folder: str, supported: dict[str, list[str]]) -> Optional[str]:

@@ -161,13 +161,14 @@ class ParquetStore(BlockStore):
             remote = self._remote_file(f)
             if ahead is not None:
                 data, start = ahead[0].result(), ahead[1]
+                fetched = b not in self._from_disk
             else:
                 start, end = self._span(b)
                 data = self._from_cache(b)
-                if data is None:
+                fetched = data is None
+                if fetched:
                     data = fetch(remote.fs, remote.path, start, end, self.remote)
-                    self._to_cache(b, data, start)
-            if ahead is not None and b not in self._from_disk:
+            if fetched:
                 self._to_cache(b, data, start)
             self._from_disk.discard(b)
             span = Span(data, start, remote.size, self.files[f])

@@ -22,7 +22,7 @@ import datasets
 from ..order import block_permutation, window_permutation
 from ..spec import Source
 from .base import file_digest, fingerprint, select_columns
-from .culprits import check_whole, json_culprit
+from .culprits import check_whole, read_error
 from .remote import opened, over_network, retried_tables, stream_storage_options
 from .resolve import local_data_files, split_files
 
@@ -93,10 +93,9 @@ class StreamStore:
         except Exception as err:  # noqa: BLE001 - whatever the reader raised, said with its file
             if not self._files:
                 raise
-            line = json_culprit(self._files[0]) if isinstance(err, pa.ArrowInvalid) else None
             raise ValueError(
                 f"cannot read {self._files[0]} (the first file of {self._source.path!r}, read to find its columns): "
-                f"{line or f'{type(err).__name__}: {err}'}"
+                f"{read_error(self._files[0], err)}"
             ) from err
 
     def _stream(self) -> datasets.IterableDataset:
@@ -136,8 +135,7 @@ class StreamStore:
             files = self._files if self._files is not None and len(self._files) == self.num_shards else None
             if files is None:
                 raise ValueError(f"cannot read shard {index} of {self.where}: {type(err).__name__}: {err}") from err
-            line = json_culprit(files[index]) if isinstance(err, pa.ArrowInvalid) else None
-            raise ValueError(f"cannot read {files[index]} (shard {index} of {self.where}): {line or f'{type(err).__name__}: {err}'}") from err
+            raise ValueError(f"cannot read {files[index]} (shard {index} of {self.where}): {read_error(files[index], err)}") from err
 
     def _read_shard(self, index: int) -> Iterator[pa.Table]:
         shard = self._stream().shard(num_shards=self.num_shards, index=index, contiguous=True)
