@@ -239,6 +239,7 @@ class StreamingDataModule(pl.LightningDataModule):
             collate_fn=self.collate_fn if train else self.eval_collate_fn,
             on_error=self.on_error,
             cache_rows=2 * self.buffer_size * windows_per_reader,
+            cache_windows=2 * windows_per_reader,
             pad=self.even == "pad",
             evaluation=not train,
             batch_format=self.batch_format,

@@ -70,6 +70,7 @@ class _Options:
     collate_fn: Optional[Callable[[list[dict]], Any]]
     on_error: Literal["raise", "skip"]
     cache_rows: int
+    cache_windows: int = 2  # shuffle windows a reader holds at once (the rows of which ``cache_rows`` counts)
     pad: bool = False
     evaluation: bool = False
     batch_format: Literal["python", "numpy"] = "python"
@@ -95,7 +96,7 @@ class StreamingDataset(IterableDataset):
     @property
     def store(self) -> Any:
         if self._store is None or (self._store_pid != os.getpid() and not self._store.fork_safe):
-            self._store = open_store(self.source, cache_rows=self.options.cache_rows)
+            self._store = open_store(self.source, cache_rows=self.options.cache_rows, cache_windows=self.options.cache_windows)
             self._store_pid = os.getpid()
         return self._store
 

@@ -126,28 +126,30 @@ class SequentialStore(Store, Protocol):
         ...
 
 
-def open_store(spec: Union[Source, Mix, DatasetSource], *, cache_rows: int = 20_000) -> Union[RandomAccessStore, SequentialStore]:
+def open_store(spec: Union[Source, Mix, DatasetSource], *, cache_rows: int = 20_000, cache_windows: int = 2) -> Union[RandomAccessStore, SequentialStore]:
     """Open the store that reads ``spec``: random access where the format allows it.
 
-    ``cache_rows`` bounds the decoded parquet row groups kept per process.
+    ``cache_rows`` bounds the decoded parquet row groups kept per process: the rows of the
+    ``cache_windows`` shuffle windows a reader holds at once (see :class:`ParquetStore`).
     """
+    cache = {"cache_rows": cache_rows, "cache_windows": cache_windows}
     if isinstance(spec, DatasetSource):
-        store = open_dataset(spec, cache_rows=cache_rows)
+        store = open_dataset(spec, **cache)
         return sliced(store, spec.split, spec.path) if "[" in spec.split else store
     if isinstance(spec, Source) and "[" in spec.split:
-        whole = open_store(dataclasses.replace(spec, split=spec.split.partition("[")[0]), cache_rows=cache_rows)
+        whole = open_store(dataclasses.replace(spec, split=spec.split.partition("[")[0]), **cache)
         return sliced(whole, spec.split, spec.path)
     if isinstance(spec, Mix):
-        return MixtureStore(spec, open_source=lambda s: open_store(s, cache_rows=cache_rows))
+        return MixtureStore(spec, open_source=lambda s: open_store(s, **cache))
     kind = builder_of(spec)
     with hub.opening(spec):  # a hub id: the hub answers in bounded time or a clear error, SIGTERM heard
         if not spec.streaming:
             if kind in ("save_to_disk", "arrow"):
                 return ArrowStore(spec)
             if kind == "parquet":
-                return ParquetStore(spec, cache_rows=cache_rows)
+                return ParquetStore(spec, **cache)
             if kind is None and spec.path not in STREAM_BUILDERS:
                 files = parquet_repo_files(spec)
                 if files is not None:  # a hub or local parquet repo: random access by row group
-                    return ParquetStore(spec, cache_rows=cache_rows, files=files)
+                    return ParquetStore(spec, **cache, files=files)
         return StreamStore(spec)

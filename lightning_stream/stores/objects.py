@@ -46,13 +46,13 @@ log = logging.getLogger(__name__)
 __all__ = ["ChainStore", "ObjectStream", "SliceStore", "open_dataset", "sliced"]
 
 
-def open_dataset(spec: DatasetSource, *, cache_rows: int) -> Any:
+def open_dataset(spec: DatasetSource, *, cache_rows: int, cache_windows: int = 2) -> Any:
     """The store that reads ``spec.dataset`` (random access wherever its rows allow it)."""
     ds = spec.dataset
     if isinstance(ds, datasets.Dataset):
         return _dataset_store(ds, spec.path)
     if isinstance(ds, datasets.IterableDataset):
-        return _iterable_store(ds, spec.path, cache_rows)
+        return _iterable_store(ds, spec.path, {"cache_rows": cache_rows, "cache_windows": cache_windows})
     raise TypeError(f"expected a datasets.Dataset or IterableDataset, got {type(ds).__name__}")
 
 
@@ -85,14 +85,14 @@ class _Format:
 
 
 # -- IterableDataset ------------------------------------------------------------------------------
-def _iterable_store(ids: datasets.IterableDataset, where: str, cache_rows: int) -> Any:
+def _iterable_store(ids: datasets.IterableDataset, where: str, cache: dict) -> Any:
     if getattr(ids, "_distributed", None) is not None:
         raise ValueError(
             f"{where} was split with split_dataset_by_node: pass the whole IterableDataset, StreamingDataModule "
             "splits it over ranks and workers itself (every rank the same number of steps)"
         )
     nodes, base = _chain_of(ids, where)
-    base_store = _base_store(base, where, cache_rows) if base is not None else None
+    base_store = _base_store(base, where, cache) if base is not None else None
     if base_store is None:
         return ObjectStream(ids, where)
     if not nodes:
@@ -164,7 +164,7 @@ class ObjectStream(StreamStore):
 _NOT_REPLAYED = {"SkipExamplesIterable", "TakeExamplesIterable", "StepExamplesIterable", "RepeatExamplesIterable"}
 
 
-def _base_store(base: ArrowExamplesIterable, where: str, cache_rows: int) -> Any:
+def _base_store(base: ArrowExamplesIterable, where: str, cache: dict) -> Any:
     fn, kwargs = base.generate_tables_fn, base.kwargs
     if getattr(fn, "__qualname__", "") == "Dataset._generate_tables_from_shards":
         shards = kwargs["shards"]
@@ -177,7 +177,7 @@ def _base_store(base: ArrowExamplesIterable, where: str, cache_rows: int) -> Any
     files = [str(f) for f in files]
     name = getattr(builder, "name", None)
     if name == "parquet":
-        return ParquetStore(Source(path="parquet", data_files=files), cache_rows=cache_rows)
+        return ParquetStore(Source(path="parquet", data_files=files), **cache)
     if name == "arrow":
         return ArrowStore(Source(path="arrow", data_files=files))
     return None

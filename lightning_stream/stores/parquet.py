@@ -45,8 +45,11 @@ class ParquetStore(BlockStore):
     """Random access into local parquet files, one row group at a time.
 
     Row counts come from the footers. A batch reads the row groups that hold its rows; decoded
-    row groups are kept in a small LRU cache sized to the shuffle window, so a window's rows are
-    decoded about once per worker.
+    row groups are kept in a small LRU cache sized to the shuffle windows a reader holds, so a
+    window's rows are decoded about once per worker. ``cache_rows`` counts those windows' rows
+    (``cache_windows`` of them); rows are held in whole row groups, and a window's rows may lie in
+    one more row group than they fill, so the cache holds a largest row group more per window:
+    row groups larger than the window are then decoded once, not once per batch.
     """
 
     random_access = True
@@ -55,7 +58,7 @@ class ParquetStore(BlockStore):
     fork_safe = True
     portable = True
 
-    def __init__(self, source: Source, *, cache_rows: int = 20_000, files: Optional[list[str]] = None) -> None:
+    def __init__(self, source: Source, *, cache_rows: int = 20_000, cache_windows: int = 2, files: Optional[list[str]] = None) -> None:
         self.files = files if files is not None else resolve_files(source)
         self.columns = source.columns
         options = source.load_kwargs
@@ -99,7 +102,7 @@ class ParquetStore(BlockStore):
         self.fingerprint = files_fingerprint(self.files, self.file_rows, self._digests)
         self._disk = BlockCache(self.remote.cache_dir, self.remote.cache_bytes) if self._remote and self.remote.cache_dir else None
         self._from_disk: set[int] = set()  # row groups in ``_ahead`` that came from the disk cache
-        self._cache_rows = cache_rows
+        self._cache_rows = cache_rows + cache_windows * max(self.block_lengths)
         self._spans: dict[int, tuple[int, int]] = {}
         # Bytes fetched ahead at most: 64 MiB, or the compressed size of the rows the decoded cache
         # holds (two shuffle windows) when that is more.
