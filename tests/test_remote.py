@@ -223,6 +223,44 @@ def test_a_missing_file_fails_at_once_naming_its_url(served):
     assert time.monotonic() - began < 5
 
 
+def test_a_footer_comes_with_the_size_in_one_round_trip(tmp_path):
+    """Opening a remote parquet file asks its size and fetches its end at the same time: with 0.4 s
+    before each answer, a store over a small-footer file opens in one round trip (two before: the
+    size, then the end), and its rows are right."""
+    import fsspec.implementations.http  # noqa: F401 - imported here, not timed
+
+    from lightning_stream.stores.parquet import ParquetStore
+
+    pq.write_table(pa.table({"id": list(range(1000))}), str(tmp_path / "a.parquet"), row_group_size=100)
+    with RangeServer(str(tmp_path), latency=0.4) as server:
+        began = time.monotonic()
+        store = ParquetStore(Source(path="parquet", data_files=[f"{server.url}/a.parquet"]))
+        took = time.monotonic() - began
+        assert store.num_rows == 1000 and store.take(pa.array([0, 999]).to_numpy()).column("id").to_pylist() == [0, 999]
+        assert server.heads["a.parquet"] == 1
+    assert took < 0.75, f"opening took {took:.2f} s: {took / 0.4:.1f} round trips of 0.4 s"
+
+
+def test_large_footers_take_one_request_each_once_one_is_known(tmp_path):
+    """Footers larger than the 64 KiB first fetched (many row groups, long string statistics) take
+    a second request; once one such footer is known, the store fetches enough of the next files'
+    ends to hold theirs: one request a file, but for the files opened at once before that."""
+    from lightning_stream.stores import parquet
+
+    n = parquet._OPENING_THREADS + 8
+    for f in range(n):
+        ids = list(range(f * 600, (f + 1) * 600))
+        pq.write_table(pa.table({"id": ids, "text": [f"{j:06d}" + "y" * 300 for j in ids]}), str(tmp_path / f"p{f:02d}.parquet"), row_group_size=2)
+    footer = pq.ParquetFile(str(tmp_path / "p00.parquet")).metadata.serialized_size
+    assert footer > parquet._TAIL_BYTES  # a footer larger than the first fetch
+    with RangeServer(str(tmp_path)) as server:
+        store = parquet.ParquetStore(Source(path="parquet", data_files=[f"{server.url}/p{f:02d}.parquet" for f in range(n)]))
+        gets = sum(server.requests.values())
+    assert store.num_rows == 600 * n
+    assert gets <= n + parquet._OPENING_THREADS, f"{gets} requests for {n} footers of {footer:,} B"
+    assert not any(remote.tail for remote in store._remotes.values())  # the ends fetched are let go once read
+
+
 def test_a_server_that_never_answers_fails_in_bounded_time_naming_its_url(tmp_path):
     pq.write_table(pa.table({"id": [1, 2, 3]}), str(tmp_path / "a.parquet"))
     with RangeServer(str(tmp_path), silent=True) as silent:

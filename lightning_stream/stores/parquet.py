@@ -39,6 +39,9 @@ __all__ = ["ParquetStore"]
 _OPENING_THREADS = 32
 # The least of the bytes a reader may hold fetched ahead (more when two shuffle windows weigh more).
 _AHEAD_BYTES = 64 << 20
+# The end of a remote file fetched with its size, for its footer: what pyarrow reads first (64 KiB),
+# or more once a footer of the store has shown to be larger (its files are alike, as a rule).
+_TAIL_BYTES = 64 << 10
 
 
 class ParquetStore(BlockStore):
@@ -74,6 +77,7 @@ class ParquetStore(BlockStore):
         self._cache: OrderedDict[int, pa.Table] = OrderedDict()
         self._pid = os.getpid()
         self._footers: dict[int, pq.FileMetaData] = {}
+        self._tail = _TAIL_BYTES
         self.block_lengths: list[int] = []
         self._block_file: list[int] = []
         self._block_rg: list[int] = []
@@ -130,7 +134,11 @@ class ParquetStore(BlockStore):
             try:
                 path = self.files[i]
                 if is_remote(path):  # the footer, by exact retried ranges (row groups: ``_read``)
-                    handle = pq.ParquetFile(self._remote_file(i), metadata=footer)
+                    remote = self._remote_file(i)
+                    handle = pq.ParquetFile(remote, metadata=footer)
+                    if remote.tail:  # read: no longer worth its memory
+                        remote.tail = b""
+                        self._tail = max(self._tail, 5 * (handle.metadata.serialized_size + 8) // 4)
                 else:
                     handle = pq.ParquetFile(path, metadata=footer)
             except (pa.ArrowException, OSError) as err:
@@ -200,7 +208,8 @@ class ParquetStore(BlockStore):
     def _remote_file(self, f: int) -> RemoteFile:
         remote = self._remotes.get(f)
         if remote is None:  # its size asked outside the lock: the footer threads open files at once
-            remote = open_remote(self.files[f], self.remote, self._storage_options, size=self._sizes.get(f))
+            tail = self._tail if f not in self._footers else 0  # a footer to read: fetched with the size
+            remote = open_remote(self.files[f], self.remote, self._storage_options, size=self._sizes.get(f), tail=tail)
             with self._lock:  # one file object per file, shared by the threads: its fs is thread-safe
                 remote = self._remotes.setdefault(f, remote)
                 self._sizes[f] = remote.size

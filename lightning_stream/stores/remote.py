@@ -119,25 +119,37 @@ class _RangeFile(io.RawIOBase):
 
 
 class RemoteFile(_RangeFile):
-    """One remote file; each ``read`` is one retried range request."""
+    """One remote file; each ``read`` is one retried range request, but for the bytes of ``tail``
+    (the file's last bytes, fetched with its size when it was opened: where a footer is)."""
 
-    def __init__(self, fs: Any, path: str, size: int, settings: Remote) -> None:
+    def __init__(self, fs: Any, path: str, size: int, settings: Remote, tail: bytes = b"") -> None:
         super().__init__(size)
-        self.fs, self.path, self.settings = fs, path, settings
+        self.fs, self.path, self.settings, self.tail = fs, path, settings, tail
 
     def _range(self, start: int, end: int) -> bytes:
-        return fetch(self.fs, self.path, start, end, self.settings)
+        lo = self.size - len(self.tail)
+        if not self.tail or end <= lo:
+            return fetch(self.fs, self.path, start, end, self.settings)
+        if start >= lo:
+            return self.tail[start - lo : end - lo]
+        return fetch(self.fs, self.path, start, lo, self.settings) + self.tail[: end - lo]
 
     def fetch_later(self, start: int, end: int) -> "Future[bytes]":
         """Bytes ``[start, end)``, fetched in the background with the same retries."""
-        import fsspec.asyn
+        return _later(self.fs, self.path, start, end, self.settings)
 
-        if isinstance(self.fs, fsspec.asyn.AsyncFileSystem):
-            return asyncio.run_coroutine_threadsafe(fetch_async(self.fs, self.path, start, end, self.settings), self.fs.loop)
-        pool = _THREADS.get(os.getpid())
-        if pool is None:
-            pool = _THREADS[os.getpid()] = ThreadPoolExecutor(max(1, self.settings.read_ahead), thread_name_prefix="lightning_stream-fetch")
-        return pool.submit(self._range, start, end)
+
+def _later(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> "Future[bytes]":
+    """:func:`fetch` in the background: a coroutine on the event loop of an async filesystem, else
+    a thread of this process's pool."""
+    import fsspec.asyn
+
+    if isinstance(fs, fsspec.asyn.AsyncFileSystem):
+        return asyncio.run_coroutine_threadsafe(fetch_async(fs, path, start, end, settings), fs.loop)
+    pool = _THREADS.get(os.getpid())
+    if pool is None:
+        pool = _THREADS[os.getpid()] = ThreadPoolExecutor(max(1, settings.read_ahead), thread_name_prefix="lightning_stream-fetch")
+    return pool.submit(fetch, fs, path, start, end, settings)
 
 
 class _Tries:
@@ -175,18 +187,19 @@ def retried(call: Callable[[], Any], what: str, settings: Remote) -> Any:
             time.sleep(tries.after(err))
 
 
-def _whole(data: bytes, start: int, end: int) -> bytes:
-    if len(data) != end - start:
+def _whole(data: bytes, start: int, end: Optional[int]) -> bytes:
+    if end is not None and len(data) != end - start:  # a suffix (``start < 0``, no end): its caller checks it
         raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
     return data
 
 
-def fetch(fs: Any, path: str, start: int, end: int, settings: Remote) -> bytes:
-    """Bytes ``[start, end)`` of ``path``, retried on transient failures."""
+def fetch(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> bytes:
+    """Bytes ``[start, end)`` of ``path``, retried on transient failures; ``start=-n, end=None``:
+    its last ``n`` bytes (a suffix range, no size needed)."""
     return retried(lambda: _whole(fs.cat_file(path, start=start, end=end), start, end), f"{path} (bytes {start}-{end})", settings)
 
 
-async def fetch_async(fs: Any, path: str, start: int, end: int, settings: Remote) -> bytes:
+async def fetch_async(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> bytes:
     """:func:`fetch` as a coroutine of an async filesystem, on its event loop."""
     tries = _Tries(f"{path} (bytes {start}-{end})", settings)
     while True:
@@ -228,8 +241,11 @@ def stream_storage_options(source: Any) -> Optional[dict]:
     return options
 
 
-def open_remote(path: str, settings: Remote, storage_options: dict, size: Optional[int] = None) -> RemoteFile:
-    """The file at ``path``; its size asked once, with the same retries, unless given."""
+def open_remote(path: str, settings: Remote, storage_options: dict, size: Optional[int] = None, tail: int = 0) -> RemoteFile:
+    """The file at ``path``; its size asked once, with the same retries, unless given. With
+    ``tail``, its last ``tail`` bytes are fetched too, at the same time as the size (a footer in
+    one round trip where asking the size, then reading the end, takes two); a tail that fails or
+    comes back short is left out, and those bytes are read by range when asked."""
     import fsspec
 
     options = _with_timeout(storage_options, settings) if path.startswith(("http://", "https://")) else dict(storage_options)
@@ -239,6 +255,7 @@ def open_remote(path: str, settings: Remote, storage_options: dict, size: Option
         kept.append(fs)
     if size is not None:
         return RemoteFile(fs, resolved, size, settings)
+    ending = _later(fs, resolved, -tail, None, settings) if tail > 0 else None
 
     def ask_size() -> int:
         try:
@@ -250,7 +267,24 @@ def open_remote(path: str, settings: Remote, storage_options: dict, size: Option
                 fs.cat_file(resolved, start=0, end=1)
             raise
 
-    return RemoteFile(fs, resolved, retried(ask_size, path, settings), settings)
+    size = retried(ask_size, path, settings)
+    return RemoteFile(fs, resolved, size, settings, _tail_of(ending, size, tail))
+
+
+def _tail_of(ending: "Optional[Future[bytes]]", size: int, tail: int) -> bytes:
+    """The last ``min(tail, size)`` bytes from ``ending``, or nothing if it failed or does not check
+    (a server that ignores the range sends the whole file: its end is kept)."""
+    if ending is None:
+        return b""
+    try:
+        data = ending.result()
+    except RemoteReadError as err:
+        log.debug("no tail: %s", err)
+        return b""
+    n = min(tail, size)
+    if len(data) == size:
+        data = data[size - n :]
+    return data if len(data) == n else b""
 
 
 class Span(_RangeFile):
