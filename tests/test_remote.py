@@ -93,6 +93,30 @@ def test_the_bytes_fetched_ahead_are_bounded(served, monkeypatch):
     assert store.take(np.array([5, ROWS + 5])).column("id").to_pylist() == [5, ROWS + 5]
 
 
+def test_read_ahead_asks_for_a_quarter_of_its_budget_at_a_time(served, monkeypatch):
+    """The first row groups a reader needs do not share the link with its whole budget: each call
+    asks for a quarter of the bytes at most, the next batch's call for the next quarter."""
+    import numpy as np
+
+    from lightning_stream.stores import parquet
+    from lightning_stream.stores.remote import row_group_span
+
+    server, root = served
+    urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
+    meta = pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata
+    group = max(end - start for start, end in (row_group_span(meta, g, None) for g in range(meta.num_row_groups)))
+    monkeypatch.setattr(parquet, "_AHEAD_BYTES", 8 * group)
+    store = parquet.ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP)
+    plan = [np.arange(g * GROUP, g * GROUP + 3) for g in range(0, 40, 2)]  # row groups apart: a request each
+    server.reset()
+    asked = []
+    for _ in range(5):
+        store.read_ahead(plan)
+        time.sleep(0.3)
+        asked.append(sum(server.requests.values()))
+    assert asked == [2, 4, 6, 8, 8]  # a quarter of the budget a call, until the budget is full
+
+
 def test_row_groups_fetched_ahead_for_a_plan_left_behind_give_their_room_back(served):
     """An epoch left before its end leaves row groups fetched ahead that no batch will ask for:
     they must not hold the room of the next plan's row groups for ever."""

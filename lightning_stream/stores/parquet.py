@@ -231,7 +231,10 @@ class ParquetStore(BlockStore):
 
         Up to ``Remote.read_ahead`` row groups and the byte budget are fetched or in flight. Once
         some are, more are asked for only when a quarter of the room is free, so that row groups
-        next to each other in a file can share a request (a sequential read's next ones are).
+        next to each other in a file can share a request (a sequential read's next ones are); and
+        at most a quarter of the budget is asked for at a time, so that the first row groups needed
+        do not share the link with the whole budget (at the start of an epoch: 64 MiB at once held
+        the first batch 0.14 s on loopback with 2 MB row groups).
         """
         self._local()
         if not self.reads_ahead:
@@ -244,11 +247,12 @@ class ParquetStore(BlockStore):
         if self._ahead and (slots < max(1, limit // 4) or room < self._ahead_budget // 4):
             return
         wanted: list[int] = []
+        burst = self._ahead_budget // 4
         for b in self._upcoming(rows):
             size = self._span(b)[1] - self._span(b)[0]
-            if len(wanted) >= slots or (size > room and (wanted or self._ahead)):
+            if len(wanted) >= slots or (size > min(room, burst) and (wanted or self._ahead)):
                 break
-            room -= size
+            room, burst = room - size, burst - size
             data = self._from_cache(b)
             if data is not None:  # on the node's disk: no request
                 done: Future = Future()
