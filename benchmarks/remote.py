@@ -55,6 +55,7 @@ import sys
 import tempfile
 import time
 import traceback
+from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES, ROW_GROUP, BATCH, BUFFER, WORKERS, SEED = 4, 100, 32, 1000, 2, 0
@@ -86,13 +87,15 @@ CASES = {
 
 
 # -- data -----------------------------------------------------------------------------------------
-def make_data(root: str, rows: int, text_bytes: int = 2000) -> list[str]:
-    """``FILES`` parquet files of ``rows`` rows in all (``id``, ``text``), row groups of ``ROW_GROUP``."""
+def make_data(root: str, rows: int, text_bytes: int = 2000, row_group: Optional[int] = ROW_GROUP) -> list[str]:
+    """``FILES`` parquet files of ``rows`` rows in all (``id``, ``text``), row groups of ``row_group``
+    rows; None: as ``datasets.Dataset.to_parquet`` writes them (row groups of ~100 MB of rows)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    per_file = max(ROW_GROUP, rows // FILES // ROW_GROUP * ROW_GROUP)
+    step = row_group or 1
+    per_file = max(step, rows // FILES // step * step)
     rng = np.random.default_rng(0)
     paths = []
     for f in range(FILES):
@@ -100,7 +103,13 @@ def make_data(root: str, rows: int, text_bytes: int = 2000) -> list[str]:
         letters = (rng.integers(0, 26, size=(per_file, text_bytes), dtype=np.uint8) + ord("a")).tobytes()
         text = pa.array([letters[i * text_bytes:(i + 1) * text_bytes].decode() for i in range(per_file)], pa.string())
         path = os.path.join(root, f"part-{f}.parquet")
-        pq.write_table(pa.table({"id": ids, "text": text}), path, row_group_size=ROW_GROUP)
+        table = pa.table({"id": ids, "text": text})
+        if row_group is None:
+            import datasets
+
+            datasets.Dataset(table).to_parquet(path)
+        else:
+            pq.write_table(table, path, row_group_size=row_group)
         paths.append(path)
     return paths
 
@@ -323,6 +332,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000, help="rows in all, over 4 files (default 100000: ~200 MB)")
     p.add_argument("--text-bytes", type=int, default=2000)
+    p.add_argument("--row-group", default=str(ROW_GROUP), help=f"rows per parquet row group (default {ROW_GROUP}: ~200 KB), or "
+                   "'datasets': as datasets.Dataset.to_parquet writes them (~100 MB of rows: here one row group a file)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     p.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed and reported failed")
@@ -342,10 +353,15 @@ def main() -> None:
     memory = _load("lightning_stream_memory_bench", "memory.py")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as root:
-        paths = make_data(root, a.rows, a.text_bytes)
-        rows = sum(__import__("pyarrow.parquet").parquet.ParquetFile(f).metadata.num_rows for f in paths)
+        import pyarrow.parquet as pq
+
+        paths = make_data(root, a.rows, a.text_bytes, None if a.row_group == "datasets" else int(a.row_group))
+        metas = [pq.ParquetFile(f).metadata for f in paths]
+        rows = sum(m.num_rows for m in metas)
         size = sum(os.path.getsize(f) for f in paths)
-        print(f"data: {FILES} files, {rows:,} rows, {size / 1e6:.1f} MB, row groups of {ROW_GROUP}", file=sys.stderr)
+        groups = sum(m.num_row_groups for m in metas)
+        layout = f"row groups of {rows // groups:,} rows (~{size / groups / 1e6:.1f} MB){' as datasets writes them' if a.row_group == 'datasets' else ''}"
+        print(f"data: {FILES} files, {rows:,} rows, {size / 1e6:.1f} MB, {layout}", file=sys.stderr)
         results: dict[str, list[dict]] = {c: [] for c in cases}
         for rep in range(a.repeats):
             for c in cases:
@@ -360,8 +376,8 @@ def main() -> None:
             local[CASES[c][0]] = summarize(c, results[c], rows, {})
     summary = [summarize(c, results[c], rows, local) for c in cases]
     src = os.path.abspath(a.src) if a.src else os.path.dirname(HERE)
-    text = (f"{machine()}; lightning_stream from {src}; {FILES} files, {rows:,} rows of ~{a.text_bytes:,} B, {size / 1e6:.1f} MB, row groups of "
-            f"{ROW_GROUP}; {WORKERS} workers, shuffle on (buffer {BUFFER}), batch {BATCH}; median of {a.repeats}; "
+    text = (f"{machine()}; lightning_stream from {src}; {FILES} files, {rows:,} rows of ~{a.text_bytes:,} B, {size / 1e6:.1f} MB, {layout}; "
+            f"{WORKERS} workers, shuffle on (buffer {BUFFER}), batch {BATCH}; median of {a.repeats}; "
             f"{time.perf_counter() - start:.0f} s in all.\n\n" + table(summary) + "\n")
     print(text)
     if a.out:
