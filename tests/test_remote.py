@@ -72,20 +72,27 @@ def test_neighbouring_row_groups_share_a_request_up_to_max_request_bytes(served)
     assert server.largest <= cap
 
 
+def _store_with_budget(served, monkeypatch, groups: int):
+    """A store over the served files whose read-ahead budget is ``groups`` of their largest row
+    group (``read_ahead`` itself allows 32), and that row group's size in bytes."""
+    from lightning_stream.stores import parquet
+    from lightning_stream.stores.remote import row_group_span
+
+    server, root = served
+    meta = pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata
+    group = max(end - start for start, end in (row_group_span(meta, g, None) for g in range(meta.num_row_groups)))
+    monkeypatch.setattr(parquet, "_AHEAD_BYTES", groups * group)
+    urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
+    return parquet.ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP), group
+
+
 def test_the_bytes_fetched_ahead_are_bounded(served, monkeypatch):
     """However many row groups ``read_ahead`` allows, a reader holds at most the byte budget
     fetched ahead (huge row groups must not fill the memory); what it then reads is still right."""
     import numpy as np
 
-    from lightning_stream.stores import parquet
-    from lightning_stream.stores.remote import row_group_span
-
-    server, root = served
-    urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
-    meta = pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata
-    group = max(end - start for start, end in (row_group_span(meta, g, None) for g in range(meta.num_row_groups)))
-    monkeypatch.setattr(parquet, "_AHEAD_BYTES", 3 * group)
-    store = parquet.ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP)
+    server, _ = served
+    store, group = _store_with_budget(served, monkeypatch, groups=3)
     server.reset()
     store.read_ahead([np.arange(0, FILES * ROWS, 7)])  # rows of every row group
     time.sleep(0.5)
@@ -98,15 +105,8 @@ def test_read_ahead_asks_for_a_quarter_of_its_budget_at_a_time(served, monkeypat
     asks for a quarter of the bytes at most, the next batch's call for the next quarter."""
     import numpy as np
 
-    from lightning_stream.stores import parquet
-    from lightning_stream.stores.remote import row_group_span
-
-    server, root = served
-    urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
-    meta = pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata
-    group = max(end - start for start, end in (row_group_span(meta, g, None) for g in range(meta.num_row_groups)))
-    monkeypatch.setattr(parquet, "_AHEAD_BYTES", 8 * group)
-    store = parquet.ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP)
+    server, _ = served
+    store, _ = _store_with_budget(served, monkeypatch, groups=8)
     plan = [np.arange(g * GROUP, g * GROUP + 3) for g in range(0, 40, 2)]  # row groups apart: a request each
     server.reset()
     asked = []
