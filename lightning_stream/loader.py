@@ -343,29 +343,38 @@ class _LazyEpoch:
             self._check = EpochCheck.of(loader)
         while True:
             try:
-                header, batch = next(self._it)
-            except StopIteration:
-                if loader._ends_by_lane:
-                    loader.epoch_end.reached(None, loader._anchors)
-                loader._finished()
-                self._check.finished()
-                raise
+                batch = self._step(loader)
             except (RuntimeError, ConnectionError, EOFError) as err:
                 # A worker's own exception arrives as itself; only a worker that died is reworded.
+                # torch's SIGCHLD handler raises a dead worker's error wherever the main thread is:
+                # in the bookkeeping after a batch too, not only while waiting for one.
                 death = worker_death(err, self._it, loader.num_workers, loader.dataset.store.where)
                 if death is None:
                     raise
                 raise RuntimeError(death) from err
-            if loader._ends_by_lane and loader.epoch_end.reached(header, loader._anchors):
-                loader._finished()
-                self._check.finished()
-                raise StopIteration
-            self._check.add(header)
-            loader._on_batch(header, batch is not None)
             if batch is not None:
                 loader.last_wait = time.perf_counter() - t0
-                loader.last_rows = header.rows_out
                 return batch
+
+    def _step(self, loader: StreamingDataLoader) -> Any:
+        """The next step's batch, or None for a step without one (a lane's hole, a skipped batch)."""
+        try:
+            header, batch = next(self._it)
+        except StopIteration:
+            if loader._ends_by_lane:
+                loader.epoch_end.reached(None, loader._anchors)
+            loader._finished()
+            self._check.finished()
+            raise
+        if loader._ends_by_lane and loader.epoch_end.reached(header, loader._anchors):
+            loader._finished()
+            self._check.finished()
+            raise StopIteration
+        self._check.add(header)
+        loader._on_batch(header, batch is not None)
+        if batch is not None:
+            loader.last_rows = header.rows_out
+        return batch
 
     def __len__(self) -> int:
         return len(self.loader)
