@@ -29,8 +29,14 @@ from lightning_stream import Map, StreamingDataModule  # noqa: E402
 
 def epoch(path: str, workers: int) -> tuple[float, float, float, float]:
     # Non-persistent workers exit (and are waited for) at the epoch's end, so their CPU is counted.
-    dm = StreamingDataModule(train=path, transform=Map(vlm_transform, remove_columns=["id", "image", "caption"]), batch_size=16,
-                             num_workers=workers, buffer_size=10_000, persistent_workers=False)
+    dm = StreamingDataModule(
+        train=path,
+        transform=Map(vlm_transform, remove_columns=["id", "image", "caption"]),
+        batch_size=16,
+        num_workers=workers,
+        buffer_size=10_000,
+        persistent_workers=False,
+    )
     gc.collect()
     t0, wall = os.times(), time.perf_counter()
     n = sum(len(b["input_ids"]) for b in dm.train_dataloader())
@@ -48,14 +54,18 @@ def main() -> None:
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as root:
         path = make_vlm(root, a.rows)
-        print("| workers | samples/s | wall (s) | main CPU (s) | workers CPU (s) | cores busy | vs previous 0-worker epoch |")
+        print(
+            "| workers | samples/s | wall (s) | main CPU (s) | workers CPU (s) | cores busy | vs previous 0-worker epoch |"
+        )
         print("|---|---|---|---|---|---|---|")
         single = None
         for _ in range(a.repeats):
             for w in (0, 2):
                 rate, wall, main_cpu, work = epoch(path, w)
                 single = rate if w == 0 else single
-                print(f"| {w} | {rate:,.0f} | {wall:.2f} | {main_cpu:.2f} | {work:.2f} | {(main_cpu + work) / wall:.2f} | {rate / single:.2f}x |")
+                print(
+                    f"| {w} | {rate:,.0f} | {wall:.2f} | {main_cpu:.2f} | {work:.2f} | {(main_cpu + work) / wall:.2f} | {rate / single:.2f}x |"
+                )
                 sys.stdout.flush()
 
 

@@ -44,7 +44,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -70,8 +69,15 @@ ROW_GROUP = 100
 
 
 # -- data -----------------------------------------------------------------------------------------
-def make_data(root: str, *, files: int = 4, rows: int = 5000, text_bytes: int = 1000, row_group: int = ROW_GROUP,
-              kinds=("parquet", "arrow", "jsonl")) -> dict[str, list[str]]:
+def make_data(
+    root: str,
+    *,
+    files: int = 4,
+    rows: int = 5000,
+    text_bytes: int = 1000,
+    row_group: int = ROW_GROUP,
+    kinds=("parquet", "arrow", "jsonl"),
+) -> dict[str, list[str]]:
     """The same rows as parquet files, a save_to_disk folder and jsonl shards.
 
     Row ``r`` of file ``f`` has ``id = f * rows + r`` and ~``text_bytes`` of random letters, so
@@ -194,11 +200,28 @@ def run_lightning(a) -> None:
             with open(os.path.join(a.out, f"train-rank{trainer.global_rank}.jsonl"), "w") as f:
                 f.write("".join(line + "\n" for line in self.lines))
 
-    dm = StreamingDataModule(train=_lightning_source(a.data, a.source), batch_size=a.batch_size, num_workers=a.workers,
-                             shuffle=True, buffer_size=a.buffer_size, seed=a.seed)
-    trainer = pl.Trainer(accelerator="cpu", devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, limit_val_batches=0, callbacks=[Recorder()], default_root_dir=a.out)
+    dm = StreamingDataModule(
+        train=_lightning_source(a.data, a.source),
+        batch_size=a.batch_size,
+        num_workers=a.workers,
+        shuffle=True,
+        buffer_size=a.buffer_size,
+        seed=a.seed,
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=a.devices,
+        strategy="ddp" if a.devices > 1 else "auto",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[Recorder()],
+        default_root_dir=a.out,
+    )
     trainer.fit(Tiny(), datamodule=dm)
 
 
@@ -215,7 +238,10 @@ def _plain_dataset(data: str, source: str, buffer_size: int, rank: int, world: i
     elif source == "mix":
         files = source_files(data, "parquet")
         half = len(files) // 2
-        parts = [datasets.load_dataset("parquet", data_files=fs, split="train", streaming=True) for fs in (files[:half], files[half:])]
+        parts = [
+            datasets.load_dataset("parquet", data_files=fs, split="train", streaming=True)
+            for fs in (files[:half], files[half:])
+        ]
         ds = datasets.interleave_datasets(parts, stopping_strategy="first_exhausted", seed=42)
     else:
         builder = "json" if source == "jsonl" else "parquet"
@@ -236,42 +262,100 @@ def run_plain_rank(a) -> None:
 
 def run_plain(a) -> None:
     """``devices`` plain processes (no process group), each reading its split."""
-    procs = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", *_run_args(a), "--rank", str(r)])
-             for r in range(a.devices)]
+    procs = [
+        subprocess.Popen([sys.executable, os.path.abspath(__file__), "run", *_run_args(a), "--rank", str(r)])
+        for r in range(a.devices)
+    ]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise SystemExit(f"plain recipe ranks exited with {codes}")
 
 
 def _run_args(a) -> list[str]:
-    return ["--loader", a.loader, "--source", a.source, "--data", a.data, "--out", a.out, "--devices", str(a.devices),
-            "--workers", str(a.workers), "--batch-size", str(a.batch_size), "--buffer-size", str(a.buffer_size), "--seed", str(a.seed)]
+    return [
+        "--loader",
+        a.loader,
+        "--source",
+        a.source,
+        "--data",
+        a.data,
+        "--out",
+        a.out,
+        "--devices",
+        str(a.devices),
+        "--workers",
+        str(a.workers),
+        "--batch-size",
+        str(a.batch_size),
+        "--buffer-size",
+        str(a.buffer_size),
+        "--seed",
+        str(a.seed),
+    ]
 
 
-def run_command(loader: str, source: str, data: str, out: str, *, devices: int, workers: int, batch_size: int = 32,
-                buffer_size: int = 1000, seed: int = 0) -> list[str]:
+def run_command(
+    loader: str,
+    source: str,
+    data: str,
+    out: str,
+    *,
+    devices: int,
+    workers: int,
+    batch_size: int = 32,
+    buffer_size: int = 1000,
+    seed: int = 0,
+) -> list[str]:
     """The command line of one run (to execute under a counter)."""
-    ns = argparse.Namespace(loader=loader, source=source, data=data, out=out, devices=devices, workers=workers,
-                            batch_size=batch_size, buffer_size=buffer_size, seed=seed)
+    ns = argparse.Namespace(
+        loader=loader,
+        source=source,
+        data=data,
+        out=out,
+        devices=devices,
+        workers=workers,
+        batch_size=batch_size,
+        buffer_size=buffer_size,
+        seed=seed,
+    )
     return [sys.executable, os.path.abspath(__file__), "run", *_run_args(ns)]
 
 
 def run_env() -> dict[str, str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
     env.pop("LOCAL_RANK", None)
     return env
 
 
 # -- one measured run -----------------------------------------------------------------------------
-def measure(loader: str, source: str, data: str, *, devices: int, workers: int, batch_size: int = 32,
-            buffer_size: int = 1000, timeout: float = 600, out: Optional[str] = None) -> dict:
+def measure(
+    loader: str,
+    source: str,
+    data: str,
+    *,
+    devices: int,
+    workers: int,
+    batch_size: int = 32,
+    buffer_size: int = 1000,
+    timeout: float = 600,
+    out: str | None = None,
+) -> dict:
     """Run one epoch under the right counter. Returns bytes read, data bytes, ratio, batches."""
     files = source_files(data, source)
     size = sum(os.path.getsize(f) for f in files)
     out = out or tempfile.mkdtemp(prefix=f"io-{loader}-{source}-{devices}x{workers}-")
     os.makedirs(out, exist_ok=True)
-    cmd = run_command(loader, source, data, out, devices=devices, workers=workers, batch_size=batch_size, buffer_size=buffer_size)
+    cmd = run_command(
+        loader, source, data, out, devices=devices, workers=workers, batch_size=batch_size, buffer_size=buffer_size
+    )
     t0 = time.perf_counter()
     per_task = None
     if source == "arrow":
@@ -286,14 +370,29 @@ def measure(loader: str, source: str, data: str, *, devices: int, workers: int, 
     batches = logged_batches(out)
     where = os.path.join(out, "lightning_stream.txt")
     package = open(where).read() if os.path.exists(where) else None
-    return {"package": package, "loader": loader, "source": source, "devices": devices, "workers": workers, "read": read, "size": size,
-            "ratio": read / size, "how": how, "per_task": per_task, "seconds": time.perf_counter() - t0, "batches": batches, "out": out}
+    return {
+        "package": package,
+        "loader": loader,
+        "source": source,
+        "devices": devices,
+        "workers": workers,
+        "read": read,
+        "size": size,
+        "ratio": read / size,
+        "how": how,
+        "per_task": per_task,
+        "seconds": time.perf_counter() - t0,
+        "batches": batches,
+        "out": out,
+    }
 
 
 # -- the table ------------------------------------------------------------------------------------
 def _where_lightning_stream() -> str:
     code = "import lightning_stream, sys; sys.stdout.write(lightning_stream.__file__)"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir()).stdout
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tempfile.gettempdir()
+    ).stdout
 
 
 def main() -> None:
@@ -339,18 +438,31 @@ def main() -> None:
     for source in a.sources:
         for loader in a.loaders:
             for devices, workers in readers:
-                res = measure(loader, source, data, devices=devices, workers=workers, buffer_size=a.buffer_size,
-                              out=os.path.join(root, "runs", f"{loader}-{source}-{devices}x{workers}"))
+                res = measure(
+                    loader,
+                    source,
+                    data,
+                    devices=devices,
+                    workers=workers,
+                    buffer_size=a.buffer_size,
+                    out=os.path.join(root, "runs", f"{loader}-{source}-{devices}x{workers}"),
+                )
                 seen = sorted(i for b in res["batches"] for i in b)
-                print(f"{loader:>16} {source:>7} {devices}x{workers}: {res['ratio']:.2f}x ({res['read']:,} / {res['size']:,} B, "
-                      f"{res['how']}), {len(seen):,} rows in {len(res['batches'])} batches, {res['seconds']:.0f} s", file=sys.stderr, flush=True)
+                print(
+                    f"{loader:>16} {source:>7} {devices}x{workers}: {res['ratio']:.2f}x ({res['read']:,} / {res['size']:,} B, "
+                    f"{res['how']}), {len(seen):,} rows in {len(res['batches'])} batches, {res['seconds']:.0f} s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 results[(loader, source, devices, workers)] = res
     lines = [
         f"lightning_stream from `{os.path.dirname(where)}`; 4 files x {rows:,} rows (id + {a.text_bytes} letters), "
         f"parquet row groups of {ROW_GROUP}, batch 32, buffer_size {a.buffer_size}, shuffle on, one epoch; "
         f"{os.cpu_count()} CPU cores; {time.perf_counter() - t0:.0f} s in all.",
         "",
-        "| source | loader | data (MB) | " + " | ".join(f"{d}x{w}{' DDP' if d > 1 else ''}" for d, w in readers) + " | counted by |",
+        "| source | loader | data (MB) | "
+        + " | ".join(f"{d}x{w}{' DDP' if d > 1 else ''}" for d, w in readers)
+        + " | counted by |",
         "|---|---|---|" + "---|" * len(readers) + "---|",
     ]
     for source in a.sources:
@@ -358,7 +470,11 @@ def main() -> None:
             cells = [results[(loader, source, d, w)] for d, w in readers]
             name = "plain recipe" if loader == "plain" else loader
             how = "read_bytes from storage (mmap)" if source == "arrow" else "strace, bytes returned by read calls"
-            lines.append(f"| {source} | {name} | {cells[0]['size'] / 1e6:.2f} | " + " | ".join(f"{c['ratio']:.2f}x" for c in cells) + f" | {how} |")
+            lines.append(
+                f"| {source} | {name} | {cells[0]['size'] / 1e6:.2f} | "
+                + " | ".join(f"{c['ratio']:.2f}x" for c in cells)
+                + f" | {how} |"
+            )
     table = "\n".join(lines)
     print(table)
     if a.out:

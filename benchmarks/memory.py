@@ -50,7 +50,9 @@ def child_main(path: str, epochs: int) -> None:
     def tokenize(batch):
         return {"n": [len(t.split()) for t in batch["text"]]}
 
-    loader = StreamingDataModule(train=path, transform=tokenize, batch_size=64, num_workers=2, buffer_size=10_000).train_dataloader()
+    loader = StreamingDataModule(
+        train=path, transform=tokenize, batch_size=64, num_workers=2, buffer_size=10_000
+    ).train_dataloader()
     me = os.getpid()
     report = {"main": [], "workers": []}
     for epoch in range(epochs):
@@ -71,7 +73,9 @@ def make(path: str, rows: int) -> None:
 
 
 def run(path: str, epochs: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", path, str(epochs)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", path, str(epochs)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,7 +95,9 @@ def main() -> None:
             print("| epoch | main peak RSS (MB) | workers peak RSS (MB) |\n|---|---|---|")
             for e, (m, w) in enumerate(zip(r["main"], r["workers"])):
                 print(f"| {e} | {m} | {w} |")
-            print(f"epoch 2 / epoch 0: main {r['main'][2] / r['main'][0]:.3f}x, workers {r['workers'][2] / r['workers'][0]:.3f}x")
+            print(
+                f"epoch 2 / epoch 0: main {r['main'][2] / r['main'][0]:.3f}x, workers {r['workers'][2] / r['workers'][0]:.3f}x"
+            )
             return
         results = {}
         for rows in (100_000, 1_000_000):
@@ -102,7 +108,9 @@ def main() -> None:
         for rows, r in results.items():
             print(f"| {rows:,} | {r['main'][0]} | {r['workers'][0]} |")
         small, big = results[100_000], results[1_000_000]
-        print(f"1M / 100k: main {big['main'][0] / small['main'][0]:.3f}x, workers {big['workers'][0] / small['workers'][0]:.3f}x")
+        print(
+            f"1M / 100k: main {big['main'][0] / small['main'][0]:.3f}x, workers {big['workers'][0] / small['workers'][0]:.3f}x"
+        )
 
 
 if __name__ == "__main__":

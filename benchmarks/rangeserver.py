@@ -60,7 +60,6 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Optional
 
 __all__ = ["RangeServer"]
 
@@ -96,13 +95,36 @@ class RangeServer:
         ``largest``: the largest body sent, in bytes (all files).
     """
 
-    def __init__(self, root: str, *, latency: float = 0.0, bandwidth: Optional[float] = None, fail_rate: float = 0.0,
-                 fail_status: int = 503, cut_rate: float = 0.0, seed: int = 0, silent: bool = False) -> None:
-        if latency < 0 or not 0.0 <= fail_rate <= fail_rate + cut_rate <= 1.0 or cut_rate < 0 or (bandwidth is not None and bandwidth <= 0):
-            raise ValueError(f"bad knobs: latency={latency}, fail_rate={fail_rate}, cut_rate={cut_rate}, bandwidth={bandwidth}")
+    def __init__(
+        self,
+        root: str,
+        *,
+        latency: float = 0.0,
+        bandwidth: float | None = None,
+        fail_rate: float = 0.0,
+        fail_status: int = 503,
+        cut_rate: float = 0.0,
+        seed: int = 0,
+        silent: bool = False,
+    ) -> None:
+        if (
+            latency < 0
+            or not 0.0 <= fail_rate <= fail_rate + cut_rate <= 1.0
+            or cut_rate < 0
+            or (bandwidth is not None and bandwidth <= 0)
+        ):
+            raise ValueError(
+                f"bad knobs: latency={latency}, fail_rate={fail_rate}, cut_rate={cut_rate}, bandwidth={bandwidth}"
+            )
         self.cut_rate = cut_rate
         self.root = os.path.realpath(root)
-        self.latency, self.bandwidth, self.fail_rate, self.fail_status, self.silent = latency, bandwidth, fail_rate, fail_status, silent
+        self.latency, self.bandwidth, self.fail_rate, self.fail_status, self.silent = (
+            latency,
+            bandwidth,
+            fail_rate,
+            fail_status,
+            silent,
+        )
         self.sent: Counter[str] = Counter()
         self.requests: Counter[str] = Counter()
         self.failures: Counter[str] = Counter()
@@ -119,9 +141,9 @@ class RangeServer:
             self._sock.close()
             raise
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
-        self._thread: Optional[threading.Thread] = None
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stopping: Optional[asyncio.Event] = None  # set on the loop's thread: the loop winds down
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None  # set on the loop's thread: the loop winds down
         self._writers: set[asyncio.StreamWriter] = set()  # open connections (loop thread only)
         self._date = (0, "")  # the Date header, made once a second
 
@@ -139,7 +161,7 @@ class RangeServer:
             self.largest = 0
 
     # -- start, stop ------------------------------------------------------------------------------
-    def __enter__(self) -> "RangeServer":
+    def __enter__(self) -> RangeServer:
         ready = threading.Event()
         failure: list[BaseException] = []
 
@@ -232,7 +254,7 @@ class RangeServer:
             if not transport.is_closing():
                 traceback.print_exc()
         except asyncio.CancelledError:  # the server stops. Not raised on: asyncio 3.11 logs a
-            transport.abort()            # connection task that ends cancelled as an error
+            transport.abort()  # connection task that ends cancelled as an error
         except Exception:  # noqa: BLE001 - a bug of ours: say so, close the connection, serve on
             traceback.print_exc()
         finally:
@@ -391,8 +413,16 @@ class RangeServer:
             sent += await asyncio.get_running_loop().sendfile(writer.transport, f, offset + sent, count - sent)
         return sent
 
-    def _answer(self, writer: asyncio.StreamWriter, status: int, length: Optional[int] = None, *, body: bytes = b"",
-                extra: str = "", close: bool = False) -> None:
+    def _answer(
+        self,
+        writer: asyncio.StreamWriter,
+        status: int,
+        length: int | None = None,
+        *,
+        body: bytes = b"",
+        extra: str = "",
+        close: bool = False,
+    ) -> None:
         """Write a status line and headers (``Content-Length``: ``length``, else ``len(body)``), then ``body``."""
         if writer.transport.is_closing():
             raise _Close
@@ -400,9 +430,13 @@ class RangeServer:
         if now != self._date[0]:
             self._date = (now, email.utils.formatdate(now, usegmt=True))
         writer.write(
-            (f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nServer: {_SERVER}\r\nDate: {self._date[1]}\r\n"
-             f"Content-Length: {len(body) if length is None else length}\r\nAccept-Ranges: bytes\r\n{extra}"
-             f"{_CLOSE if close else ''}\r\n").encode("latin-1") + body)
+            (
+                f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nServer: {_SERVER}\r\nDate: {self._date[1]}\r\n"
+                f"Content-Length: {len(body) if length is None else length}\r\nAccept-Ranges: bytes\r\n{extra}"
+                f"{_CLOSE if close else ''}\r\n"
+            ).encode("latin-1")
+            + body
+        )
 
     def _error(self, writer: asyncio.StreamWriter, status: int) -> None:
         """A malformed or unsupported request: say so, the connection then closes."""

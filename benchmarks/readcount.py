@@ -31,8 +31,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, Optional
 
 __all__ = [
     "READ_CALLS",
@@ -61,26 +61,28 @@ class Reads:
     stdout: str = ""
     stderr: str = ""
 
-    def total(self, files: Optional[Iterable[str]] = None) -> int:
+    def total(self, files: Iterable[str] | None = None) -> int:
         """Bytes read from ``files`` (real paths), or from every file counted."""
         if files is None:
             return sum(self.per_file.values())
         return sum(self.per_file.get(os.path.realpath(f), 0) for f in files)
 
 
-def find_strace() -> Optional[str]:
+def find_strace() -> str | None:
     """Path of a working ``strace``, or None (not installed, or ptrace not permitted)."""
     path = shutil.which("strace") or ("/usr/bin/strace" if os.path.exists("/usr/bin/strace") else None)
     if path is None:
         return None
     try:
-        probe = subprocess.run([path, "-f", "-e", "trace=read", "-o", os.devnull, "true"], capture_output=True, timeout=30)
+        probe = subprocess.run(
+            [path, "-f", "-e", "trace=read", "-o", os.devnull, "true"], capture_output=True, timeout=30
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return path if probe.returncode == 0 else None
 
 
-def _return_value(line: str) -> Optional[int]:
+def _return_value(line: str) -> int | None:
     """The syscall's return value: the last ``) = N``; None for ``= ?`` (process killed)."""
     found = _RETURN.findall(line)
     if not found or found[-1] == "?":
@@ -88,7 +90,7 @@ def _return_value(line: str) -> Optional[int]:
     return int(found[-1])
 
 
-def parse_strace_logs(paths: Iterable[str], under: Optional[str] = None) -> Reads:
+def parse_strace_logs(paths: Iterable[str], under: str | None = None) -> Reads:
     """Sum read return values per path in ``strace -y`` logs (one per pid with ``-ff``).
 
     ``under``: keep only paths inside this directory (compared as real paths). Calls split by
@@ -133,8 +135,16 @@ def parse_strace_logs(paths: Iterable[str], under: Optional[str] = None) -> Read
     return reads
 
 
-def strace_reads(cmd: list[str], under: str, *, env: Optional[dict] = None, cwd: Optional[str] = None,
-                 timeout: Optional[float] = None, strace: Optional[str] = None, keep_logs: Optional[str] = None) -> Reads:
+def strace_reads(
+    cmd: list[str],
+    under: str,
+    *,
+    env: dict | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+    strace: str | None = None,
+    keep_logs: str | None = None,
+) -> Reads:
     """Run ``cmd`` under strace and count the bytes it reads from files under ``under``.
 
     Raises ``RuntimeError`` when strace is missing; the command's own failure is reported in
@@ -146,9 +156,23 @@ def strace_reads(cmd: list[str], under: str, *, env: Optional[dict] = None, cwd:
     logdir = keep_logs or tempfile.mkdtemp(prefix="readcount-")
     os.makedirs(logdir, exist_ok=True)
     try:
-        trace = [strace, "-f", "-ff", "-y", "-s", "0", "-e", "trace=" + ",".join(READ_CALLS), "-e", "signal=none",
-                 "-o", os.path.join(logdir, "trace")]
-        proc = subprocess.run(trace + ["--"] + list(cmd), env=env, cwd=cwd, timeout=timeout, capture_output=True, text=True)
+        trace = [
+            strace,
+            "-f",
+            "-ff",
+            "-y",
+            "-s",
+            "0",
+            "-e",
+            "trace=" + ",".join(READ_CALLS),
+            "-e",
+            "signal=none",
+            "-o",
+            os.path.join(logdir, "trace"),
+        ]
+        proc = subprocess.run(
+            trace + ["--"] + list(cmd), env=env, cwd=cwd, timeout=timeout, capture_output=True, text=True
+        )
         reads = parse_strace_logs(sorted(glob.glob(os.path.join(logdir, "trace.*"))), under)
         reads.returncode, reads.stdout, reads.stderr = proc.returncode, proc.stdout, proc.stderr
         return reads
@@ -192,8 +216,14 @@ def _io_wrap(cmd: list[str], report: str) -> int:
     return rc
 
 
-def storage_reads(cmd: list[str], files: Iterable[str], *, env: Optional[dict] = None, cwd: Optional[str] = None,
-                  timeout: Optional[float] = None) -> dict[str, int]:
+def storage_reads(
+    cmd: list[str],
+    files: Iterable[str],
+    *,
+    env: dict | None = None,
+    cwd: str | None = None,
+    timeout: float | None = None,
+) -> dict[str, int]:
     """``/proc/<pid>/io`` of ``cmd``'s whole process tree after evicting ``files`` from the cache.
 
     Returns ``read_bytes`` (from storage, every file the tree read, readahead included), ``rchar``
@@ -204,8 +234,15 @@ def storage_reads(cmd: list[str], files: Iterable[str], *, env: Optional[dict] =
     fd, report = tempfile.mkstemp(prefix="readcount-io-", suffix=".json")
     os.close(fd)
     try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--io-wrap", report, "--", *cmd],
-                              env=env, cwd=cwd, timeout=timeout, check=False, capture_output=True, text=True)
+        proc = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--io-wrap", report, "--", *cmd],
+            env=env,
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         with open(report) as f:
             return {**json.load(f), "stdout": proc.stdout, "stderr": proc.stderr}
     finally:
@@ -232,7 +269,9 @@ def main() -> int:
     for path in sorted(reads.per_file):
         n = os.path.getsize(path) if os.path.exists(path) else 0
         size += n
-        print(f"{reads.per_file[path]:>14,} B  {reads.calls[path]:>7,} calls  {reads.per_file[path] / max(n, 1):6.2f}x  {path}")
+        print(
+            f"{reads.per_file[path]:>14,} B  {reads.calls[path]:>7,} calls  {reads.per_file[path] / max(n, 1):6.2f}x  {path}"
+        )
     total = reads.total()
     print(f"{total:>14,} B in all, {total / max(size, 1):.2f}x the {size:,} B of the files read")
     return reads.returncode

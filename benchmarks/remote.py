@@ -54,8 +54,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import traceback
-from typing import Optional
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FILES, ROW_GROUP, BATCH, BUFFER, WORKERS, SEED = 4, 100, 32, 1000, 2, 0
@@ -87,7 +85,7 @@ CASES = {
 
 
 # -- data -----------------------------------------------------------------------------------------
-def make_data(root: str, rows: int, text_bytes: int = 2000, row_group: Optional[int] = ROW_GROUP) -> list[str]:
+def make_data(root: str, rows: int, text_bytes: int = 2000, row_group: int | None = ROW_GROUP) -> list[str]:
     """``FILES`` parquet files of ``rows`` rows in all (``id``, ``text``), row groups of ``row_group``
     rows; None: as ``datasets.Dataset.to_parquet`` writes them (row groups of ~100 MB of rows)."""
     import numpy as np
@@ -101,7 +99,7 @@ def make_data(root: str, rows: int, text_bytes: int = 2000, row_group: Optional[
     for f in range(FILES):
         ids = np.arange(f * per_file, (f + 1) * per_file, dtype=np.int64)
         letters = (rng.integers(0, 26, size=(per_file, text_bytes), dtype=np.uint8) + ord("a")).tobytes()
-        text = pa.array([letters[i * text_bytes:(i + 1) * text_bytes].decode() for i in range(per_file)], pa.string())
+        text = pa.array([letters[i * text_bytes : (i + 1) * text_bytes].decode() for i in range(per_file)], pa.string())
         path = os.path.join(root, f"part-{f}.parquet")
         table = pa.table({"id": ids, "text": text})
         if row_group is None:
@@ -134,8 +132,15 @@ def child(spec: dict) -> dict:
             import tempfile
 
             remote = {"remote": {**remote.get("remote", {}), "cache_dir": tempfile.mkdtemp(prefix="ls-cache-")}}
-        dm = StreamingDataModule(train=Source(path="parquet", data_files=files, **remote), transform=light, batch_size=BATCH,
-                                 num_workers=WORKERS, shuffle=True, buffer_size=BUFFER, seed=SEED)
+        dm = StreamingDataModule(
+            train=Source(path="parquet", data_files=files, **remote),
+            transform=light,
+            batch_size=BATCH,
+            num_workers=WORKERS,
+            shuffle=True,
+            buffer_size=BUFFER,
+            seed=SEED,
+        )
         if spec.get("cached"):
             for _ in dm.train_dataloader():
                 pass
@@ -169,8 +174,14 @@ def child(spec: dict) -> dict:
     ids = np.concatenate(ids) if ids else np.zeros(0, np.int64)
     unique = np.unique(ids)
     missing = rows - int(np.count_nonzero((unique >= 0) & (unique < rows)))
-    return {"rows": int(len(ids)), "wall": wall, "first": first, "missing": missing,
-            "duplicated": int(len(ids) - len(unique)), "foreign": int(np.count_nonzero((unique < 0) | (unique >= rows)))}
+    return {
+        "rows": int(len(ids)),
+        "wall": wall,
+        "first": first,
+        "missing": missing,
+        "duplicated": int(len(ids) - len(unique)),
+        "foreign": int(np.count_nonzero((unique < 0) | (unique >= rows))),
+    }
 
 
 def child_main(spec_json: str) -> None:
@@ -209,8 +220,13 @@ def run_one(name: str, spec: dict, data: str, timeout: float, memory) -> dict:
 
     def go(files: list[str]) -> dict:
         args = json.dumps({**spec, "loader": loader, "files": files, "cached": name.endswith("-cached")})
-        proc = subprocess.Popen([sys.executable, __file__, "--child", args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--child", args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         peak, deadline = 0.0, time.monotonic() + timeout
         import threading
 
@@ -247,7 +263,7 @@ def run_one(name: str, spec: dict, data: str, timeout: float, memory) -> dict:
         if not lines:
             tail = [line for line in (out.get("stderr") or "").splitlines() if line.strip()]
             return {"error": f"exit {proc.returncode}: {tail[-1] if tail else 'no output'}"[:300]}
-        result = json.loads(lines[-1][len("RESULT "):])
+        result = json.loads(lines[-1][len("RESULT ") :])
         result["rss"] = peak
         return result
 
@@ -266,8 +282,15 @@ def summarize(name: str, results: list[dict], rows: int, local: dict) -> dict:
         errors = [r["error"] for r in results if "error" in r]
         row["error"] = f"({len(errors)}/{len(results)} runs) {errors[0]}"
     checks = [r for r in ok if r["missing"] or r["duplicated"] or r["foreign"] or r["rows"] != rows]
-    row["once"] = "yes" if ok and not checks else (
-        "; ".join(f"{r['rows']} rows, {r['missing']} missing, {r['duplicated']} duplicated" for r in checks) if checks else "")
+    row["once"] = (
+        "yes"
+        if ok and not checks
+        else (
+            "; ".join(f"{r['rows']} rows, {r['missing']} missing, {r['duplicated']} duplicated" for r in checks)
+            if checks
+            else ""
+        )
+    )
     if ok:
         row["rps"] = statistics.median(rows / r["wall"] for r in ok)
         row["steady"] = statistics.median(rows / (r["wall"] - r["first"]) for r in ok if r["first"] is not None)
@@ -302,8 +325,10 @@ def table(rows_: list[dict]) -> str:
         else:
             rps = f"{r['rps']:,.0f}"
         wire = f"{r['wire']:.2f}x" if "wire" in r else ""
-        out.append(f"| {loader} | {label} | {rps} | {cell('vs', '.2f') + ('x' if 'vs' in r else '')} | {cell('steady_vs', '.2f') + ('x' if 'steady_vs' in r else '')} | {cell('first', '.2f')} | "
-                   f"{cell('rss', ',.0f')} | {cell('rss_vs', '.2f') + ('x' if 'rss_vs' in r else '')} | {r.get('once', '')} | {r.get('gets', '')} | {r.get('fails', '')} | {wire} |")
+        out.append(
+            f"| {loader} | {label} | {rps} | {cell('vs', '.2f') + ('x' if 'vs' in r else '')} | {cell('steady_vs', '.2f') + ('x' if 'steady_vs' in r else '')} | {cell('first', '.2f')} | "
+            f"{cell('rss', ',.0f')} | {cell('rss_vs', '.2f') + ('x' if 'rss_vs' in r else '')} | {r.get('once', '')} | {r.get('gets', '')} | {r.get('fails', '')} | {wire} |"
+        )
     return "\n".join(out)
 
 
@@ -315,6 +340,7 @@ def machine() -> str:
 
     try:
         import aiohttp
+
         aio = f", aiohttp {aiohttp.__version__}"
     except ImportError:
         aio = ""
@@ -324,23 +350,34 @@ def machine() -> str:
             mem = f", {int(f.readline().split()[1]) / 2**20:.0f} GB RAM"
     except OSError:
         pass
-    return (f"{os.cpu_count()} CPU cores{mem}, Python {platform.python_version()}, torch {torch.__version__}, "
-            f"datasets {datasets.__version__}, pyarrow {pyarrow.__version__}, fsspec {fsspec.__version__}{aio}")
+    return (
+        f"{os.cpu_count()} CPU cores{mem}, Python {platform.python_version()}, torch {torch.__version__}, "
+        f"datasets {datasets.__version__}, pyarrow {pyarrow.__version__}, fsspec {fsspec.__version__}{aio}"
+    )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, default=100_000, help="rows in all, over 4 files (default 100000: ~200 MB)")
     p.add_argument("--text-bytes", type=int, default=2000)
-    p.add_argument("--row-group", default=str(ROW_GROUP), help=f"rows per parquet row group (default {ROW_GROUP}: ~200 KB), or "
-                   "'datasets': as datasets.Dataset.to_parquet writes them (~100 MB of rows: here one row group a file)")
+    p.add_argument(
+        "--row-group",
+        default=str(ROW_GROUP),
+        help=f"rows per parquet row group (default {ROW_GROUP}: ~200 KB), or "
+        "'datasets': as datasets.Dataset.to_parquet writes them (~100 MB of rows: here one row group a file)",
+    )
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated, of: {', '.join(CASES)}")
     p.add_argument("--timeout", type=float, default=300, help="seconds before a run is killed and reported failed")
     p.add_argument("--out", help="also write the table (markdown) here")
-    p.add_argument("--src", help="import lightning_stream from this folder instead of this checkout, e.g. "
-                                 "`git archive <commit> lightning_stream | tar -x -C DIR` for a before/after run")
-    p.add_argument("--remote", type=json.loads, help='Remote settings for lightning_stream, as JSON: \'{"backoff": 0.1}\'')
+    p.add_argument(
+        "--src",
+        help="import lightning_stream from this folder instead of this checkout, e.g. "
+        "`git archive <commit> lightning_stream | tar -x -C DIR` for a before/after run",
+    )
+    p.add_argument(
+        "--remote", type=json.loads, help="Remote settings for lightning_stream, as JSON: '{\"backoff\": 0.1}'"
+    )
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
@@ -366,19 +403,34 @@ def main() -> None:
         for rep in range(a.repeats):
             for c in cases:
                 t = time.perf_counter()
-                r = run_one(c, {"rows": rows, "seed": rep, "src": a.src and os.path.abspath(a.src), "remote": a.remote}, root, a.timeout, memory)
+                r = run_one(
+                    c,
+                    {"rows": rows, "seed": rep, "src": a.src and os.path.abspath(a.src), "remote": a.remote},
+                    root,
+                    a.timeout,
+                    memory,
+                )
                 results[c].append(r)
-                shown = r.get("error") or f"{rows / r['wall']:,.0f} rows/s, first batch {r['first']:.2f} s, {r['rss']:,.0f} MB"
-                print(f"[{rep + 1}/{a.repeats}] {c}: {shown} ({time.perf_counter() - t:.1f} s)", file=sys.stderr, flush=True)
+                shown = (
+                    r.get("error")
+                    or f"{rows / r['wall']:,.0f} rows/s, first batch {r['first']:.2f} s, {r['rss']:,.0f} MB"
+                )
+                print(
+                    f"[{rep + 1}/{a.repeats}] {c}: {shown} ({time.perf_counter() - t:.1f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
     local: dict[str, dict] = {}
     for c in cases:
         if CASES[c][1] is None:
             local[CASES[c][0]] = summarize(c, results[c], rows, {})
     summary = [summarize(c, results[c], rows, local) for c in cases]
     src = os.path.abspath(a.src) if a.src else os.path.dirname(HERE)
-    text = (f"{machine()}; lightning_stream from {src}; {FILES} files, {rows:,} rows of ~{a.text_bytes:,} B, {size / 1e6:.1f} MB, {layout}; "
-            f"{WORKERS} workers, shuffle on (buffer {BUFFER}), batch {BATCH}; median of {a.repeats}; "
-            f"{time.perf_counter() - start:.0f} s in all.\n\n" + table(summary) + "\n")
+    text = (
+        f"{machine()}; lightning_stream from {src}; {FILES} files, {rows:,} rows of ~{a.text_bytes:,} B, {size / 1e6:.1f} MB, {layout}; "
+        f"{WORKERS} workers, shuffle on (buffer {BUFFER}), batch {BATCH}; median of {a.repeats}; "
+        f"{time.perf_counter() - start:.0f} s in all.\n\n" + table(summary) + "\n"
+    )
     print(text)
     if a.out:
         with open(a.out, "w") as f:

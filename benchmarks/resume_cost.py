@@ -19,10 +19,9 @@ import sys
 import tempfile
 import time
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-import datasets
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from lightning_stream import StreamingDataModule  # noqa: E402
@@ -84,17 +83,29 @@ def main():
     with tempfile.TemporaryDirectory() as root:
         path = os.path.join(root, "big.parquet")
         n = a.rows
-        pq.write_table(pa.table({"id": pa.array(range(n), pa.int64()), "text": [f"row {i} lorem ipsum dolor sit amet" for i in range(n)]}),
-                       path, row_group_size=10_000)
+        pq.write_table(
+            pa.table(
+                {
+                    "id": pa.array(range(n), pa.int64()),
+                    "text": [f"row {i} lorem ipsum dolor sit amet" for i in range(n)],
+                }
+            ),
+            path,
+            row_group_size=10_000,
+        )
         states = hf_states(path, positions)
         rows = []
         for pos in positions:
             rows.append((pos, ours(path, pos, False), ours(path, pos, True), hf(path, states[pos])))
-        print(f"| resume at row | lightning_stream (ms) | vs row 0 | lightning_stream shuffled (ms) | vs row 0 | datasets load_state_dict (ms) | vs row 0 | datasets / lightning_stream |")
+        print(
+            "| resume at row | lightning_stream (ms) | vs row 0 | lightning_stream shuffled (ms) | vs row 0 | datasets load_state_dict (ms) | vs row 0 | datasets / lightning_stream |"
+        )
         print("|---|---|---|---|---|---|---|---|")
         base = rows[0]
         for pos, o, s, h in rows:
-            print(f"| {pos:,} | {o * 1e3:.1f} | {o / base[1]:.2f}x | {s * 1e3:.1f} | {s / base[2]:.2f}x | {h * 1e3:.1f} | {h / base[3]:.2f}x | {h / o:.1f}x |")
+            print(
+                f"| {pos:,} | {o * 1e3:.1f} | {o / base[1]:.2f}x | {s * 1e3:.1f} | {s / base[2]:.2f}x | {h * 1e3:.1f} | {h / base[3]:.2f}x | {h / o:.1f}x |"
+            )
 
 
 if __name__ == "__main__":

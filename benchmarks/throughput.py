@@ -25,11 +25,10 @@ import sys
 import tempfile
 import time
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import torch
-
-import datasets
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,7 +59,10 @@ def collate_cheap(batch):
 
 
 def collate_vlm(batch):
-    return {"pixel_values": torch.from_numpy(np.stack(batch["pixel_values"])), "input_ids": torch.tensor(batch["input_ids"])}
+    return {
+        "pixel_values": torch.from_numpy(np.stack(batch["pixel_values"])),
+        "input_ids": torch.tensor(batch["input_ids"]),
+    }
 
 
 def make_cheap(root, rows):
@@ -85,7 +87,9 @@ def make_vlm(root, rows):
         img.save(buf, "PNG")
         images.append(buf.getvalue())
         captions.append(f"a red circle on a plain background number {i}")
-    features = datasets.Features({"id": datasets.Value("int64"), "image": datasets.Image(), "caption": datasets.Value("string")})
+    features = datasets.Features(
+        {"id": datasets.Value("int64"), "image": datasets.Image(), "caption": datasets.Value("string")}
+    )
     ds = datasets.Dataset.from_dict({"id": list(range(rows)), "image": images, "caption": captions}, features=features)
     path = os.path.join(root, "vlm")
     ds.save_to_disk(path, num_shards=8)
@@ -117,7 +121,11 @@ def bare(path, transform, collate, bs):
 
 
 def plain(path, transform, collate, bs, workers, drop):
-    ds = datasets.load_from_disk(path).to_iterable_dataset(num_shards=8).map(transform, batched=True, batch_size=bs, remove_columns=drop)
+    ds = (
+        datasets.load_from_disk(path)
+        .to_iterable_dataset(num_shards=8)
+        .map(transform, batched=True, batch_size=bs, remove_columns=drop)
+    )
 
     def coll(rows):
         return collate({k: [r[k] for r in rows] for k in rows[0]})
@@ -127,8 +135,15 @@ def plain(path, transform, collate, bs, workers, drop):
 
 
 def ours(path, transform, collate, bs, workers, drop, fmt="python", shuffle=True, snapshot=False):
-    dm = StreamingDataModule(train=path, transform=Map(transform, remove_columns=drop), batch_size=bs, num_workers=workers,
-                             buffer_size=10_000, batch_format=fmt, shuffle=shuffle)
+    dm = StreamingDataModule(
+        train=path,
+        transform=Map(transform, remove_columns=drop),
+        batch_size=bs,
+        num_workers=workers,
+        buffer_size=10_000,
+        batch_format=fmt,
+        shuffle=shuffle,
+    )
     loader = dm.train_dataloader()
     n = 0
     for b in loader:
@@ -144,7 +159,10 @@ def _lit_rows(bounds, path, ids):
     for i in range(*bounds):
         row = ds[i]
         if "image" in row:
-            yield {"image": row["image"]["bytes"] if isinstance(row["image"], dict) else _png(row["image"]), "caption": row["caption"]}
+            yield {
+                "image": row["image"]["bytes"] if isinstance(row["image"], dict) else _png(row["image"]),
+                "caption": row["caption"],
+            }
         else:
             yield {"input_ids": row["input_ids"].astype(np.int32)}
 
@@ -165,8 +183,15 @@ def lit_write(path, out, ids):
     per = max(1, rows // 16)
     inputs = [(a, min(a + per, rows)) for a in range(0, rows, per)]
     method = multiprocessing.get_start_method()
-    litdata.optimize(fn=partial(_lit_rows, path=path, ids=ids), inputs=inputs, output_dir=out, chunk_bytes="64MB", num_workers=2,
-                     mode="overwrite", verbose=False)
+    litdata.optimize(
+        fn=partial(_lit_rows, path=path, ids=ids),
+        inputs=inputs,
+        output_dir=out,
+        chunk_bytes="64MB",
+        num_workers=2,
+        mode="overwrite",
+        verbose=False,
+    )
     multiprocessing.set_start_method(method, force=True)  # optimize() switches the whole process to spawn
     return out
 
@@ -185,7 +210,10 @@ def lit_loader(out, workload, bs, workers):
 
             row = super().__getitem__(index)
             out = vlm_transform({"image": [Image.open(io.BytesIO(row["image"]))], "caption": [row["caption"]]})
-            return {"pixel_values": torch.from_numpy(out["pixel_values"][0]), "input_ids": torch.tensor(out["input_ids"][0])}
+            return {
+                "pixel_values": torch.from_numpy(out["pixel_values"][0]),
+                "input_ids": torch.tensor(out["input_ids"][0]),
+            }
 
     ds = (Cheap if workload == "cheap" else Vlm)(out, shuffle=True, seed=0)
     return sum(len(b["input_ids"]) for b in litdata.StreamingDataLoader(ds, batch_size=bs, num_workers=workers))
@@ -219,14 +247,23 @@ def main():
         have_litdata = not a.no_litdata
     except ImportError:
         have_litdata = False
-    print(f"cpus={os.cpu_count()} torch={torch.__version__} datasets={datasets.__version__} pyarrow={pa.__version__} "
-          f"litdata={'yes' if have_litdata else 'no'}\n")
+    print(
+        f"cpus={os.cpu_count()} torch={torch.__version__} datasets={datasets.__version__} pyarrow={pa.__version__} "
+        f"litdata={'yes' if have_litdata else 'no'}\n"
+    )
     with tempfile.TemporaryDirectory() as root:
         workloads = {}
         if "cheap" in a.workloads:
             workloads["cheap"] = ("cheap (bs 32)", make_cheap(root, a.rows), cheap_transform, collate_cheap, 32, ["id"])
         if "vlm" in a.workloads:
-            workloads["vlm"] = ("vlm-like (bs 16)", make_vlm(root, a.vlm_rows), vlm_transform, collate_vlm, 16, ["id", "image", "caption"])
+            workloads["vlm"] = (
+                "vlm-like (bs 16)",
+                make_vlm(root, a.vlm_rows),
+                vlm_transform,
+                collate_vlm,
+                16,
+                ["id", "image", "caption"],
+            )
         print("| workload | config | samples/s | vs bare | vs plain (same workers) |")
         print("|---|---|---|---|---|")
         for key, (title, path, tf, coll, bs, drop) in workloads.items():
@@ -238,12 +275,17 @@ def main():
                 configs[f"plain recipe, {w} workers"] = lambda w=w: plain(path, tf, coll, bs, w, drop)
                 configs[f"lightning_stream, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop)
                 if key == "cheap":
-                    configs[f"lightning_stream, batch_format=numpy, {w} workers"] = lambda w=w: ours(path, tf, None, bs, w, drop, "numpy")
+                    configs[f"lightning_stream, batch_format=numpy, {w} workers"] = lambda w=w: ours(
+                        path, tf, None, bs, w, drop, "numpy"
+                    )
                 if key == "cheap":
                     configs[f"lightning_stream, batch_format=numpy, state_dict() every step, {w} workers"] = (
-                        lambda w=w: ours(path, tf, None, bs, w, drop, "numpy", snapshot=True))
+                        lambda w=w: ours(path, tf, None, bs, w, drop, "numpy", snapshot=True)
+                    )
                 if key == "cheap" and w == 0:
-                    configs["lightning_stream, batch_format=numpy, shuffle off, 0 workers"] = lambda: ours(path, tf, None, bs, 0, drop, "numpy", False)
+                    configs["lightning_stream, batch_format=numpy, shuffle off, 0 workers"] = lambda: ours(
+                        path, tf, None, bs, 0, drop, "numpy", False
+                    )
                 if lit:
                     configs[f"litdata, {w} workers"] = lambda w=w: lit_loader(lit, key, bs, w)
             rates = measure(configs, a.repeats)

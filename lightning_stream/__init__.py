@@ -8,8 +8,8 @@ cached on disk.
 from .callbacks import StreamingCallback
 from .collate import default_collate
 from .datamodule import StreamingDataModule
-from .epoch_check import EmptyEpochError
 from .dataset import RowError, StreamingDataset
+from .epoch_check import EmptyEpochError
 from .loader import StreamingDataLoader
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError

@@ -39,7 +39,11 @@ _ACCEPTS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     "persistent_workers": (_BOOL + _NONE, _ANY, "None (when num_workers > 0), True or False"),
     "prefetch_factor": (_INT + _NONE, lambda v: v is None or v >= 1, "None (torch's 2) or an int >= 1"),
     "on_error": _one_of("raise", "skip"),
-    "max_skipped": (_REAL + _NONE, lambda v: v is None or v >= 0, "None (no limit), a count >= 1 or a fraction in [0, 1)"),
+    "max_skipped": (
+        _REAL + _NONE,
+        lambda v: v is None or v >= 0,
+        "None (no limit), a count >= 1 or a fraction in [0, 1)",
+    ),
     "strict_resume": (_BOOL, _ANY, "True or False"),
     "even": _one_of("drop", "pad"),
     "batch_format": _one_of("python", "numpy"),
@@ -61,7 +65,9 @@ def check_arguments(**arguments: Any) -> None:
     for name, value in arguments.items():
         if name in _CALLABLES:
             if value is not None and not callable(value):
-                raise TypeError(f"StreamingDataModule({name}={value!r}): {name} must be None or a callable, got a {type(value).__name__}")
+                raise TypeError(
+                    f"StreamingDataModule({name}={value!r}): {name} must be None or a callable, got a {type(value).__name__}"
+                )
             continue
         types, accepts, words = _ACCEPTS[name]
         # bool is an int to Python, but batch_size=True is a mistake, not a 1.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
@@ -33,7 +33,7 @@ def _train_loader(trainer: pl.Trainer) -> Any:
     return loader if isinstance(loader, StreamingDataLoader) else None
 
 
-def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[Optional[dict], Optional[str]]:
+def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[dict | None, str | None]:
     """The loader state in ``checkpoint`` (None if absent), and where the checkpoint was written
     if it was mid-epoch without one (for the message)."""
     fit = checkpoint.get("loops", {}).get("fit_loop", {})
@@ -61,13 +61,15 @@ class StreamingCallback(pl.Callback):
 
     def __init__(self, warn_share: float = 0.3, warmup_steps: int = 20, log_throughput: bool = True) -> None:
         self.warn_share, self.warmup_steps, self.log_throughput = warn_share, warmup_steps, log_throughput
-        self._last_start: Optional[float] = None
+        self._last_start: float | None = None
         self._wait = self._total = 0.0
         self._steps = 0
         self._warned = False
-        self._restored: Optional[dict] = None
+        self._restored: dict | None = None
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         loader = _train_loader(trainer)
         if loader is None:
             return
@@ -85,7 +87,7 @@ class StreamingCallback(pl.Callback):
         if loader is not None:
             loader.set_epoch(trainer.current_epoch)
 
-    def take_restored_state(self) -> Optional[dict]:
+    def take_restored_state(self) -> dict | None:
         """The loader state of the checkpoint being resumed, once (the datamodule loads it into the
         train loader it makes). Lightning restores its loop's loaders itself too, but only when the
         loader is made after the loops are restored: a ``configure_optimizers`` that reads
@@ -93,7 +95,9 @@ class StreamingCallback(pl.Callback):
         state, self._restored = self._restored, None
         return state
 
-    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+    def on_load_checkpoint(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
         self._restored, where = _loader_state_in(checkpoint)
         if where is None:
             return
@@ -103,14 +107,22 @@ class StreamingCallback(pl.Callback):
             "batches and never reaching its last ones"
         )
         if getattr(trainer.datamodule, "strict_resume", True):
-            raise StateMismatchError(message + ". Resume from an unedited checkpoint, or pass strict_resume=False to restart the epoch.")
+            raise StateMismatchError(
+                message + ". Resume from an unedited checkpoint, or pass strict_resume=False to restart the epoch."
+            )
         rank_zero_warn(message + "; restarting the epoch from its first batch (strict_resume=False)")
 
     def _record(self, pl_module: pl.LightningModule, wait: float, step: float, rows: int) -> None:
         share = wait / step if step > 0 else 0.0
         pl_module.log_dict(
-            {"data/wait_ms": wait * 1000, "data/wait_share": share, "data/samples_per_sec": rows / step if step > 0 else 0.0},
-            on_step=True, on_epoch=False, batch_size=max(rows, 1),
+            {
+                "data/wait_ms": wait * 1000,
+                "data/wait_share": share,
+                "data/samples_per_sec": rows / step if step > 0 else 0.0,
+            },
+            on_step=True,
+            on_epoch=False,
+            batch_size=max(rows, 1),
         )
         self._steps += 1
         if self._steps > self.warmup_steps:

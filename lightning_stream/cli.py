@@ -13,7 +13,7 @@ it has that argument and left it unset. Conflicting values are an error naming b
 from __future__ import annotations
 
 import inspect
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.cli import LightningCLI
@@ -29,7 +29,7 @@ LINKED = (("batch_size", "data"), ("tokenizer", None), ("processor", None))
 class StreamingCLI(LightningCLI):
     """``LightningCLI`` whose datamodule is a :class:`StreamingDataModule` or a subclass of it."""
 
-    def __init__(self, args: Optional[Any] = None, **kwargs: Any) -> None:
+    def __init__(self, args: Any | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("save_config_kwargs", {"overwrite": True})
         super().__init__(
             pl.LightningModule,
@@ -55,7 +55,10 @@ def link_arguments(config: Any) -> None:
     for name, owner in LINKED:
         if not all(name in p for p in params.values()):
             continue
-        values = {side: cfg["init_args"].get(name) if cfg.get("init_args") is not None else None for side, cfg in sides.items()}
+        values = {
+            side: cfg["init_args"].get(name) if cfg.get("init_args") is not None else None
+            for side, cfg in sides.items()
+        }
         given = {side: v for side, v in values.items() if v is not None and v != params[side][name].default}
         if len(set(map(str, given.values()))) > 1:
             raise ValueError(
@@ -77,11 +80,17 @@ def _parameters(class_path: str) -> dict[str, inspect.Parameter]:
     for klass in reversed(cls.__mro__):  # a subclass's **kwargs reach its parents' arguments
         init = klass.__dict__.get("__init__")
         if init is not None:
-            params.update({k: v for k, v in inspect.signature(init).parameters.items() if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)})
+            params.update(
+                {
+                    k: v
+                    for k, v in inspect.signature(init).parameters.items()
+                    if v.kind not in (v.VAR_KEYWORD, v.VAR_POSITIONAL)
+                }
+            )
     return params
 
 
-def main(args: Optional[Any] = None) -> None:
+def main(args: Any | None = None) -> None:
     """Entry point of the ``lightning-stream`` command."""
     StreamingCLI(args=args)
 

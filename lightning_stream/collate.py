@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Callable
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -70,7 +70,7 @@ def _is_numeric(x: Any) -> bool:
     return _is_number(x)
 
 
-def _tensor(values: list, first: Any) -> Optional[torch.Tensor]:
+def _tensor(values: list, first: Any) -> torch.Tensor | None:
     """The column as one tensor, or None when it is not numeric; raises when it cannot be stacked."""
     if isinstance(first, torch.Tensor):
         return torch.stack(values)
@@ -142,7 +142,9 @@ def _why_not(name: str, values: list, err: Exception) -> ValueError:
     if len(shapes) > 1:
         if isinstance(values[0], (torch.Tensor, np.ndarray)):
             kind = "tensors" if isinstance(values[0], torch.Tensor) else "arrays"
-            return ValueError(f"column {name!r}: cannot stack {kind} of shapes {shapes[:4]}; pad them or pass collate_fn")
+            return ValueError(
+                f"column {name!r}: cannot stack {kind} of shapes {shapes[:4]}; pad them or pass collate_fn"
+            )
         lengths = sorted({len(v) for v in values if isinstance(v, (list, tuple))})
         return ValueError(
             f"column {name!r} is ragged (row lengths {lengths[:6]}{'...' if len(lengths) > 6 else ''}); "
@@ -159,7 +161,7 @@ def _shape(v: Any) -> Any:
     return ()
 
 
-def _null_in(value: Any) -> Optional[tuple[int, ...]]:
+def _null_in(value: Any) -> tuple[int, ...] | None:
     """Where ``value`` holds a None: ``()`` for the value itself, else the index path inside it."""
     if value is None:
         return ()
@@ -171,7 +173,7 @@ def _null_in(value: Any) -> Optional[tuple[int, ...]]:
     return None
 
 
-def _null_at(values: list) -> Optional[tuple[int, ...]]:
+def _null_at(values: list) -> tuple[int, ...] | None:
     """The first null of a column: ``(row, *path inside the row)``, or None."""
     for i, v in enumerate(values):
         inner = _null_in(v)
@@ -207,7 +209,7 @@ def default_collate(batch: dict[str, list]) -> dict[str, Any]:
     return {k: _collate_column(k, v) for k, v in batch.items()}
 
 
-def collate_rows(batch: dict[str, list], collate_fn: Optional[Callable[[list[dict]], Any]]) -> Any:
+def collate_rows(batch: dict[str, list], collate_fn: Callable[[list[dict]], Any] | None) -> Any:
     """Apply ``collate_fn`` (torch convention: a list of row dicts) or :func:`default_collate`."""
     if collate_fn is None:
         return default_collate(batch)
@@ -216,9 +218,13 @@ def collate_rows(batch: dict[str, list], collate_fn: Optional[Callable[[list[dic
     try:
         return collate_fn(rows)
     except KeyError as err:
-        raise KeyError(f"collate_fn {describe_callable(collate_fn)}: column {err.args[0]!r} not found in the batch (columns: {keys})") from err
+        raise KeyError(
+            f"collate_fn {describe_callable(collate_fn)}: column {err.args[0]!r} not found in the batch (columns: {keys})"
+        ) from err
     except Exception as err:
         # The user's exception, as itself (its type and traceback), with the function named.
         if hasattr(err, "add_note"):  # Python >= 3.11
-            err.add_note(f"raised by collate_fn {describe_callable(collate_fn)} on a batch of {len(rows)} rows (columns: {keys})")
+            err.add_note(
+                f"raised by collate_fn {describe_callable(collate_fn)} on a batch of {len(rows)} rows (columns: {keys})"
+            )
         raise

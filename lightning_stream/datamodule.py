@@ -6,7 +6,7 @@ import logging
 import warnings
 import weakref
 from collections.abc import Callable
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -17,13 +17,13 @@ from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
 from .spec import Mix, Source, as_source, named_sources
-from .transforms import Filter, Map, as_pipeline
+from .transforms import Filter, Map, as_pipeline, preflight
 
 log = logging.getLogger(__name__)
 
 __all__ = ["StreamingDataModule"]
 
-Step = Union[Map, Filter, Callable]
+Step = Map | Filter | Callable
 
 # Each worker makes its own, disjoint batches, so the length Lightning warns about is exact.
 warnings.filterwarnings("ignore", message=r".*`IterableDataset` has `__len__` defined.*")
@@ -105,39 +105,54 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        train: Union[Source, Mix, str, Any],
-        val: Union[Source, Mix, str, list, dict, Any, None] = None,
-        test: Union[Source, Mix, str, list, dict, Any, None] = None,
-        predict: Union[Source, Mix, str, list, dict, Any, None] = None,
-        transform: Union[Step, list[Step], None] = None,
-        filter: Optional[Step] = None,
-        collate_fn: Optional[Callable[[list[dict]], Any]] = None,
-        eval_transform: Union[Step, list[Step], None] = None,
-        eval_collate_fn: Optional[Callable[[list[dict]], Any]] = None,
+        train: Source | Mix | str | Any,
+        val: Source | Mix | str | list | dict | Any | None = None,
+        test: Source | Mix | str | list | dict | Any | None = None,
+        predict: Source | Mix | str | list | dict | Any | None = None,
+        transform: Step | list[Step] | None = None,
+        filter: Step | None = None,
+        collate_fn: Callable[[list[dict]], Any] | None = None,
+        eval_transform: Step | list[Step] | None = None,
+        eval_collate_fn: Callable[[list[dict]], Any] | None = None,
         batch_size: int = 32,
-        val_batch_size: Optional[int] = None,
+        val_batch_size: int | None = None,
         num_workers: int = 0,
         shuffle: bool = True,
         buffer_size: int = 10_000,
         seed: int = 0,
         drop_last: bool = False,
-        pin_memory: Optional[bool] = None,
-        persistent_workers: Optional[bool] = None,
-        prefetch_factor: Optional[int] = None,
-        prepare: Optional[Callable[[], Any]] = None,
+        pin_memory: bool | None = None,
+        persistent_workers: bool | None = None,
+        prefetch_factor: int | None = None,
+        prepare: Callable[[], Any] | None = None,
         on_error: Literal["raise", "skip"] = "raise",
-        max_skipped: Optional[float] = None,
+        max_skipped: float | None = None,
         strict_resume: bool = True,
         even: Literal["drop", "pad"] = "drop",
         batch_format: Literal["python", "numpy"] = "python",
-        lanes: Optional[int] = None,
+        lanes: int | None = None,
     ) -> None:
         super().__init__()
         check_arguments(
-            batch_size=batch_size, val_batch_size=val_batch_size, num_workers=num_workers, shuffle=shuffle, buffer_size=buffer_size,
-            seed=seed, drop_last=drop_last, pin_memory=pin_memory, persistent_workers=persistent_workers,
-            prefetch_factor=prefetch_factor, on_error=on_error, max_skipped=max_skipped, strict_resume=strict_resume, even=even,
-            batch_format=batch_format, lanes=lanes, collate_fn=collate_fn, eval_collate_fn=eval_collate_fn, prepare=prepare,
+            batch_size=batch_size,
+            val_batch_size=val_batch_size,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            buffer_size=buffer_size,
+            seed=seed,
+            drop_last=drop_last,
+            pin_memory=pin_memory,
+            persistent_workers=persistent_workers,
+            prefetch_factor=prefetch_factor,
+            on_error=on_error,
+            max_skipped=max_skipped,
+            strict_resume=strict_resume,
+            even=even,
+            batch_format=batch_format,
+            lanes=lanes,
+            collate_fn=collate_fn,
+            eval_collate_fn=eval_collate_fn,
+            prepare=prepare,
         )
         self.train_source = as_source(train, split="train")
         self.val_sources = named_sources(val, split="validation")
@@ -166,15 +181,36 @@ class StreamingDataModule(pl.LightningDataModule):
         self.even = even
         self.batch_format = batch_format
         self.lanes = lanes
-        self.train_loader: Optional[StreamingDataLoader] = None
-        self._loaders: "weakref.WeakSet[StreamingDataLoader]" = weakref.WeakSet()
+        self.train_loader: StreamingDataLoader | None = None
+        self._loaders: weakref.WeakSet[StreamingDataLoader] = weakref.WeakSet()
         # Lightning asks a datamodule for a stage's loader when the method is overridden; a stage
         # with no source has none (as LightningDataModule.from_datasets does), so Lightning warns
         # of no empty loader the user never asked for.
-        for stage, sources in (("val", self.val_sources), ("test", self.test_sources), ("predict", self.predict_sources)):
+        for stage, sources in (
+            ("val", self.val_sources),
+            ("test", self.test_sources),
+            ("predict", self.predict_sources),
+        ):
             method = f"{stage}_dataloader"
             if not sources and getattr(type(self), method) is getattr(StreamingDataModule, method):
                 setattr(self, method, None)
+
+    @property
+    def trainer(self) -> Any:
+        return self.__dict__.get("_trainer")
+
+    @trainer.setter
+    def trainer(self, trainer: Any) -> None:
+        # Lightning attaches the datamodule before it calls any hook: the first moment to say
+        # which import to change, instead of the old package's "ValueError: Expected a parent".
+        if trainer is not None and not isinstance(trainer, pl.Trainer):
+            module = type(trainer).__module__.split(".")[0]
+            raise TypeError(
+                f"StreamingDataModule is a lightning.pytorch datamodule, but this Trainer comes from `{module}`: "
+                f"change `import {module} as pl` (or `from {module} import Trainer`) to `import lightning.pytorch as pl` "
+                "(or `from lightning.pytorch import Trainer`); the two packages are the same code under two names"
+            )
+        self.__dict__["_trainer"] = trainer
 
     @property
     def val_names(self) -> list[str]:
@@ -225,7 +261,7 @@ class StreamingDataModule(pl.LightningDataModule):
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
-    def _loader(self, source: Union[Source, Mix], *, train: bool, in_order: bool = False) -> StreamingDataLoader:
+    def _loader(self, source: Source | Mix, *, train: bool, in_order: bool = False) -> StreamingDataLoader:
         rank, world_size = self._topology()
         readers = world_size * max(1, self.num_workers)
         windows_per_reader = -(-(self.lanes or readers) // readers) if train else 1
@@ -245,6 +281,8 @@ class StreamingDataModule(pl.LightningDataModule):
             batch_format=self.batch_format,
             in_order=in_order,
         )
+        options.pipeline.preflight()
+        preflight(options.collate_fn)
         dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
         loader = StreamingDataLoader(
             dataset,
@@ -271,7 +309,9 @@ class StreamingDataModule(pl.LightningDataModule):
             )
         layout = dataset.layout()
         if layout is None:
-            rank_zero_info(f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total")
+            rank_zero_info(
+                f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total"
+            )
             return
         if layout.num_steps == 0:
             raise ValueError(
@@ -284,8 +324,14 @@ class StreamingDataModule(pl.LightningDataModule):
                 f"and epoch: {self.num_workers - layout.num_steps} workers will idle"
             )
         if layout.dropped_rows or layout.padded_rows:
-            what = f"{layout.dropped_rows} rows are dropped" if layout.dropped_rows else f"{layout.padded_rows} rows are repeated"
-            rank_zero_info(f"lightning_stream: {what} in each epoch of {source.path!r} so that every rank takes {layout.num_steps} steps")
+            what = (
+                f"{layout.dropped_rows} rows are dropped"
+                if layout.dropped_rows
+                else f"{layout.padded_rows} rows are repeated"
+            )
+            rank_zero_info(
+                f"lightning_stream: {what} in each epoch of {source.path!r} so that every rank takes {layout.num_steps} steps"
+            )
 
     def train_dataloader(self) -> StreamingDataLoader:
         loader = self._loader(self.train_source, train=True)
@@ -309,6 +355,6 @@ class StreamingDataModule(pl.LightningDataModule):
     def predict_dataloader(self) -> Any:
         return self._eval_loaders(self.predict_sources, in_order=True)
 
-    def _eval_loaders(self, sources: dict[str, Union[Source, Mix]], in_order: bool = False) -> Any:
+    def _eval_loaders(self, sources: dict[str, Source | Mix], in_order: bool = False) -> Any:
         loaders = [self._loader(s, train=False, in_order=in_order) for s in sources.values()]
         return loaders[0] if len(loaders) == 1 else loaders

@@ -19,7 +19,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -56,7 +56,7 @@ class BatchHeader:
     rows_out: int
     skipped: list[str] = field(default_factory=list)
     # A stream lane's batch: (lane, k, row), the lane's shard its window begins in (a resume reads from there).
-    anchor: Optional[tuple[int, int, int]] = None
+    anchor: tuple[int, int, int] | None = None
 
 
 @dataclass
@@ -67,7 +67,7 @@ class _Options:
     window: int
     drop_last: bool
     pipeline: Pipeline
-    collate_fn: Optional[Callable[[list[dict]], Any]]
+    collate_fn: Callable[[list[dict]], Any] | None
     on_error: Literal["raise", "skip"]
     cache_rows: int
     cache_windows: int = 2  # shuffle windows a reader holds at once (the rows of which ``cache_rows`` counts)
@@ -89,14 +89,16 @@ class StreamingDataset(IterableDataset):
         # [epoch, start position, lanes]: written by the main process before each iteration.
         self.control = torch.tensor([0, 0, 1], dtype=torch.int64).share_memory_()
         self._store: Any = None
-        self._store_pid: Optional[int] = None
+        self._store_pid: int | None = None
         # (epoch, start, [[k, row] per lane]): where a resumed stream's lanes begin reading.
-        self.resume_anchors: Optional[tuple[int, int, list]] = None
+        self.resume_anchors: tuple[int, int, list] | None = None
 
     @property
     def store(self) -> Any:
         if self._store is None or (self._store_pid != os.getpid() and not self._store.fork_safe):
-            self._store = open_store(self.source, cache_rows=self.options.cache_rows, cache_windows=self.options.cache_windows)
+            self._store = open_store(
+                self.source, cache_rows=self.options.cache_rows, cache_windows=self.options.cache_windows
+            )
             self._store_pid = os.getpid()
         return self._store
 
@@ -108,10 +110,10 @@ class StreamingDataset(IterableDataset):
         return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None}
 
     @property
-    def num_rows(self) -> Optional[int]:
+    def num_rows(self) -> int | None:
         return self.store.num_rows
 
-    def layout(self, start: int = 0) -> Union[Layout, EvalLayout, None]:
+    def layout(self, start: int = 0) -> Layout | EvalLayout | None:
         n = self.num_rows
         if n is None:
             return None
@@ -140,7 +142,9 @@ class StreamingDataset(IterableDataset):
         store = self.store
         if store.random_access:
             layout = self.layout(start)
-            order = store.epoch_order(seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size)
+            order = store.epoch_order(
+                seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size
+            )
 
             def rows_of(step: int) -> np.ndarray:
                 a, b = layout.batch_range(step, self.rank, 1 if o.in_order else num_workers)
@@ -149,7 +153,9 @@ class StreamingDataset(IterableDataset):
 
             for step, rows in self._planned(store, range(worker, layout.num_steps, num_workers), rows_of):
                 key = (layout.batch_range(step, self.rank, 1 if o.in_order else num_workers)[0],)
-                yield self._make(step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), key=(epoch, *key))
+                yield self._make(
+                    step, self._take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), key=(epoch, *key)
+                )
             return
         if hasattr(store, "set_epoch"):  # a user's IterableDataset read directly: its own shuffle follows the epoch
             store.set_epoch(epoch)
@@ -173,7 +179,9 @@ class StreamingDataset(IterableDataset):
             yield self._make(step, _Rows.of(windows.take(a, b)), lambda i, a=a: store.describe(a + i), key=(epoch, a))
             step += num_workers
 
-    def _planned(self, store: Any, steps: range, rows_of: Callable[[int], np.ndarray]) -> Iterator[tuple[int, np.ndarray]]:
+    def _planned(
+        self, store: Any, steps: range, rows_of: Callable[[int], np.ndarray]
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """``(step, rows)`` for each of ``steps``; a store that reads ahead is told the next batches' rows."""
         if not getattr(store, "reads_ahead", False):
             yield from ((step, rows_of(step)) for step in steps)
@@ -192,7 +200,9 @@ class StreamingDataset(IterableDataset):
             if step is not None:
                 planned.append((step, rows_of(step)))
 
-    def _stream_lanes(self, store: Any, epoch: int, start: int, lanes: int, worker: int, num_workers: int) -> Iterator[tuple[BatchHeader, Any]]:
+    def _stream_lanes(
+        self, store: Any, epoch: int, start: int, lanes: int, worker: int, num_workers: int
+    ) -> Iterator[tuple[BatchHeader, Any]]:
         """A stream whose shards are dealt to lanes: this worker reads only the lanes of its batches.
 
         Step ``s`` of rank ``r`` is the epoch's batch ``g = start // batch_size + s * world_size + r``,
@@ -207,7 +217,9 @@ class StreamingDataset(IterableDataset):
         shards = shard_lanes(store.num_shards, lanes, seed=o.seed, epoch=epoch, shuffle=o.shuffle)
         first = start // o.batch_size
         resumed = self.resume_anchors
-        anchors = resumed[2] if resumed is not None and resumed[:2] == (epoch, start) and len(resumed[2]) == lanes else None
+        anchors = (
+            resumed[2] if resumed is not None and resumed[:2] == (epoch, start) and len(resumed[2]) == lanes else None
+        )
 
         def lane_of(step: int) -> tuple[int, int]:
             g = first + step * self.world_size + self.rank
@@ -222,7 +234,14 @@ class StreamingDataset(IterableDataset):
             if windows is None:
                 begin = tuple(anchors[lane]) if anchors is not None else (0, 0)
                 windows = readers[lane] = StreamWindows(
-                    store, seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, shards=shards[lane].tolist(), lane=lane, start=begin
+                    store,
+                    seed=o.seed,
+                    epoch=epoch,
+                    shuffle=o.shuffle,
+                    window=o.window,
+                    shards=shards[lane].tolist(),
+                    lane=lane,
+                    start=begin,
                 )
             b = a + o.batch_size
             if not windows.available(b - 1):
@@ -238,7 +257,7 @@ class StreamingDataset(IterableDataset):
             hole = (BatchHeader(step=step, rows_read=0, rows_out=0), None)
             yield ByValue(hole) if get_worker_info() is not None else hole
 
-    def _take(self, store: Any, rows: np.ndarray) -> "_Rows":
+    def _take(self, store: Any, rows: np.ndarray) -> _Rows:
         if not len(rows):
             return _Rows(None, {}, 0)  # an evaluation rank's empty last batch (split.EvalLayout): nothing to read
         take_arrays = getattr(store, "take_arrays", None)
@@ -248,17 +267,25 @@ class StreamingDataset(IterableDataset):
         return _Rows(table, arrays, len(rows))
 
     def _make(
-        self, step: int, rows: "_Rows", describe: Callable[[int], str], anchor: Optional[tuple[int, int, int]] = None, *, key: tuple[int, ...]
+        self,
+        step: int,
+        rows: _Rows,
+        describe: Callable[[int], str],
+        anchor: tuple[int, int, int] | None = None,
+        *,
+        key: tuple[int, ...],
     ) -> Any:
         # Seeded by where the batch is, not by the worker's history: random transforms (and random
         # collators, e.g. masking) draw the same numbers after a resume and with any num_workers.
         with batch_rng(self.options.seed, key[0], key[1:]):
             batch, skipped = self._process(rows, describe)
-            header = BatchHeader(step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped, anchor=anchor)
+            header = BatchHeader(
+                step=step, rows_read=rows.num_rows, rows_out=_num_rows(batch), skipped=skipped, anchor=anchor
+            )
             item = (header, collate_rows(batch, self.options.collate_fn) if header.rows_out else None)
         return ByValue(item) if get_worker_info() is not None else item
 
-    def _transform(self, rows: "_Rows") -> dict[str, Any]:
+    def _transform(self, rows: _Rows) -> dict[str, Any]:
         chain = getattr(self.store, "chain", None)
         if chain is not None:  # a datasets object's own map/filter chain or format decodes and maps first
             batch = chain(rows.table)
@@ -282,7 +309,7 @@ class StreamingDataset(IterableDataset):
                 raise ValueError(f"column {name!r}: cannot decode ({type(err).__name__}: {err})") from err
         return self.options.pipeline(batch) if self.options.pipeline else batch
 
-    def _process(self, rows: "_Rows", describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:
+    def _process(self, rows: _Rows, describe: Callable[[int], str]) -> tuple[dict[str, list], list[str]]:
         """The batch's rows decoded and transformed, and the bad rows skipped (``on_error="skip"``).
 
         An exception may be one row's fault: the batch is then re-run row by row to name (or skip)
@@ -296,7 +323,7 @@ class StreamingDataset(IterableDataset):
         try:
             return self._transform(rows), []
         except TransformError as err:
-            raise _located(err, f"the batch that begins at {describe(0)}")
+            raise _located(err, f"the batch that begins at {describe(0)}")  # noqa: B904 - err itself, located
         except Exception:  # noqa: BLE001 - narrowed to the culprit row below
             pass
         # Find the culprit rows one by one; the policy decides between naming and skipping them.
@@ -305,7 +332,7 @@ class StreamingDataset(IterableDataset):
             try:
                 outputs.append(self._transform(rows.row(i)))
             except TransformError as err:
-                raise _located(err, describe(i))
+                raise _located(err, describe(i))  # noqa: B904 - err itself, located
             except Exception as err:  # noqa: BLE001
                 culprit = f"{describe(i)}: {type(err).__name__}: {err}"
                 if self.options.on_error == "raise":
@@ -325,19 +352,19 @@ def _located(err: TransformError, where: str) -> TransformError:
 class _Rows:
     """A batch's rows before decoding: arrow columns and, where the store has them, numpy ones."""
 
-    table: Optional[pa.Table]
+    table: pa.Table | None
     arrays: dict[str, np.ndarray]
     num_rows: int
 
     @classmethod
-    def of(cls, table: pa.Table) -> "_Rows":
+    def of(cls, table: pa.Table) -> _Rows:
         return cls(table, {}, table.num_rows)
 
     @property
     def num_columns(self) -> int:
         return (self.table.num_columns if self.table is not None else 0) + len(self.arrays)
 
-    def row(self, i: int) -> "_Rows":
+    def row(self, i: int) -> _Rows:
         table = self.table.slice(i, 1) if self.table is not None else None
         return _Rows(table, {k: v[i : i + 1] for k, v in self.arrays.items()}, 1)
 

@@ -13,7 +13,7 @@ enough for a selective filter to empty it.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["EmptyEpochError", "EpochCheck"]
 
@@ -27,17 +27,17 @@ class EmptyEpochError(RuntimeError):
 class EpochCheck:
     """Row counts of one pass over a loader, and the error when the pass trains on nothing."""
 
-    def __init__(self, dataset: Any, *, epoch: int, resumed: bool, length: Optional[int]) -> None:
+    def __init__(self, dataset: Any, *, epoch: int, resumed: bool, length: int | None) -> None:
         self.dataset, self.epoch, self.resumed, self.length = dataset, epoch, resumed, length
         self.rows_read = self.rows_out = self.skipped = 0
         self.culprits: list[str] = []
 
     @classmethod
-    def of(cls, loader: Any) -> "EpochCheck":
+    def of(cls, loader: Any) -> EpochCheck:
         """The check of the pass ``loader`` (a ``StreamingDataLoader``) has just begun."""
         p = loader._progress
         try:
-            length: Optional[int] = len(loader)
+            length: int | None = len(loader)
         except TypeError:  # a stream: its length is known once it has been read
             length = None
         return cls(loader.dataset, epoch=p["epoch"], resumed=bool(p["start"] or p["steps_before"]), length=length)
@@ -49,7 +49,9 @@ class EpochCheck:
         self.skipped += len(header.skipped)
         self.culprits.extend(header.skipped[: max(0, 3 - len(self.culprits))])
         if not self.rows_out and self.skipped >= FLOOD:
-            raise EmptyEpochError(f"{self._what()}: its first {self.skipped} rows were all skipped as bad rows, none trained; {self._skips()}")
+            raise EmptyEpochError(
+                f"{self._what()}: its first {self.skipped} rows were all skipped as bad rows, none trained; {self._skips()}"
+            )
 
     def finished(self) -> None:
         """At the end of the pass: raise when it read rows, or was promised steps, and yielded nothing."""
@@ -69,7 +71,9 @@ class EpochCheck:
             causes.append(f"{removed} were removed by {by}: check that it keeps rows (right column, right value type)")
         if self.skipped:
             causes.append(f"{self.skipped} were skipped as bad rows: {self._skips()}")
-        raise EmptyEpochError(f"{self._what()} trained 0 steps{said}: of the {self.rows_read} rows it read, {'; '.join(causes)}")
+        raise EmptyEpochError(
+            f"{self._what()} trained 0 steps{said}: of the {self.rows_read} rows it read, {'; '.join(causes)}"
+        )
 
     def _what(self) -> str:
         return f"epoch {self.epoch} of {self.dataset.store.where}"

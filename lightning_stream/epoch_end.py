@@ -14,7 +14,7 @@ checkpoint rank 0 writes says where every rank's lanes resume reading.
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -33,7 +33,7 @@ class EpochEnd:
         self.where, self.rank = where, rank
         self.next_step = 0
         self.dropped_rows = 0
-        self.peer_anchors: Optional[list[list[int]]] = None
+        self.peer_anchors: list[list[int]] | None = None
         self._group: Any = None
 
     def reset(self) -> None:
@@ -41,7 +41,7 @@ class EpochEnd:
         self.dropped_rows = 0
         self.peer_anchors = None
 
-    def reached(self, header: Optional[BatchHeader], anchors: Optional[list[list[int]]] = None) -> bool:
+    def reached(self, header: BatchHeader | None, anchors: list[list[int]] | None = None) -> bool:
         """True when the epoch ends instead of taking the step of ``header`` (None: no batch left).
 
         ``anchors`` (``[k, row]`` per lane, this rank's) are merged with the other ranks' into
@@ -66,7 +66,8 @@ class EpochEnd:
                 "%s: the epoch ends at step %d, where the first lane of the stream ran out; the rows the longer lanes "
                 "still had are not used in this epoch (data/rows_dropped counts those already read). Shards of similar "
                 "sizes, as many as world_size x num_workers or a multiple, keep this small; lanes=1 uses every row.",
-                self.where, self.next_step - 1,
+                self.where,
+                self.next_step - 1,
             )
         return True
 

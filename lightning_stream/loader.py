@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from typing import Any, Optional
+from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
@@ -79,11 +79,11 @@ class StreamingDataLoader(StatefulDataLoader):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        prefetch_factor: Optional[int] = None,
+        prefetch_factor: int | None = None,
         timeout: float = 0,
         multiprocessing_context: Any = None,
-        max_skipped: Optional[float] = None,
-        lanes: Optional[int] = None,
+        max_skipped: float | None = None,
+        lanes: int | None = None,
         strict_resume: bool = True,
         sampler: None = None,
         batch_sampler: None = None,
@@ -110,12 +110,12 @@ class StreamingDataLoader(StatefulDataLoader):
         self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
         self.acked_externally = False
         self._epoch = 0
-        self._resume: Optional[LoaderState] = None  # loaded, applied by the next iteration of its epoch
-        self._loaded: Optional[LoaderState] = None  # the state last loaded, as saved
-        self._progress: Optional[dict] = None
+        self._resume: LoaderState | None = None  # loaded, applied by the next iteration of its epoch
+        self._loaded: LoaderState | None = None  # the state last loaded, as saved
+        self._progress: dict | None = None
         self._awaiting: deque[tuple[int, Any]] = deque()  # (step, stream anchor) of yielded, untrained batches
-        self._anchors: Optional[list[list[int]]] = None  # a stream's lanes: [k, row] where each resumes reading
-        self._len_hint: Optional[int] = None
+        self._anchors: list[list[int]] | None = None  # a stream's lanes: [k, row] where each resumes reading
+        self._len_hint: int | None = None
         self.stats = _EpochStats()
         self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
         self.last_rows = 0
@@ -133,7 +133,7 @@ class StreamingDataLoader(StatefulDataLoader):
         """Processes that read this loader's data on all ranks: ``world_size x num_workers``."""
         return self.dataset.world_size * max(1, self.num_workers)
 
-    def _choose_lanes(self, lanes: Optional[int]) -> int:
+    def _choose_lanes(self, lanes: int | None) -> int:
         ds = self.dataset
         if ds.options.evaluation:
             return 1  # evaluation reads contiguous runs
@@ -162,7 +162,13 @@ class StreamingDataLoader(StatefulDataLoader):
                 "%s=%d is not a multiple of the %d readers (%d ranks x %d workers): the order stays exact, but some "
                 "lanes are read by several readers, so blocks of %s are read more than once per epoch. Keep "
                 "world_size x num_workers a divisor of %d to read each block once.",
-                what, lanes, self.readers, self.dataset.world_size, max(1, self.num_workers), self.dataset.store.where, lanes,
+                what,
+                lanes,
+                self.readers,
+                self.dataset.world_size,
+                max(1, self.num_workers),
+                self.dataset.store.where,
+                lanes,
             )
 
     # -- epoch and length -------------------------------------------------------------------------
@@ -177,7 +183,7 @@ class StreamingDataLoader(StatefulDataLoader):
         return self._len_hint if self._len_hint is not None else len(self.dataset)
 
     # -- iteration --------------------------------------------------------------------------------
-    def __iter__(self) -> "_LazyEpoch":  # type: ignore[override]
+    def __iter__(self) -> _LazyEpoch:  # type: ignore[override]
         return _LazyEpoch(self)
 
     def _begin(self) -> Any:
@@ -185,7 +191,9 @@ class StreamingDataLoader(StatefulDataLoader):
         start = steps_before = 0
         resume, self._resume = self._resume, None
         if resume is not None and resume.epoch != epoch:
-            log.warning("the loaded state of epoch %d is not used: this iteration is epoch %d (set_epoch)", resume.epoch, epoch)
+            log.warning(
+                "the loaded state of epoch %d is not used: this iteration is epoch %d (set_epoch)", resume.epoch, epoch
+            )
             resume = None
         if resume is not None:
             start, steps_before = resume.position, resume.steps
@@ -233,7 +241,7 @@ class StreamingDataLoader(StatefulDataLoader):
         if self._awaiting and self._progress is not None:
             self._trained(*self._awaiting.popleft())
 
-    def _trained(self, step: int, anchor: Optional[tuple[int, int, int]]) -> None:
+    def _trained(self, step: int, anchor: tuple[int, int, int] | None) -> None:
         self._progress["steps"] = step + 1
         if anchor is not None and self._anchors is not None:
             lane, k, row = anchor
@@ -269,19 +277,31 @@ class StreamingDataLoader(StatefulDataLoader):
         ds, o = self.dataset, self.dataset.options
         if self._progress is not None:
             p = self._progress
-            where = dict(epoch=p["epoch"], steps=p["steps_before"] + p["steps"], position=self._layout(p["start"]).position_after(p["steps"]))
+            where = dict(
+                epoch=p["epoch"],
+                steps=p["steps_before"] + p["steps"],
+                position=self._layout(p["start"]).position_after(p["steps"]),
+            )
         elif self._resume is not None:
             where = dict(epoch=self._resume.epoch, steps=self._resume.steps, position=self._resume.position)
         else:
             where = dict(epoch=self._epoch, steps=0, position=0)
         anchors = self._state_anchors()
         return LoaderState(
-            version=STATE_VERSION, **where, num_rows=ds.num_rows, fingerprint=ds.store.fingerprint, seed=o.seed,
-            shuffle=o.shuffle, window=o.window, lanes=self.lanes, batch_size=o.batch_size, world_size=ds.world_size,
+            version=STATE_VERSION,
+            **where,
+            num_rows=ds.num_rows,
+            fingerprint=ds.store.fingerprint,
+            seed=o.seed,
+            shuffle=o.shuffle,
+            window=o.window,
+            lanes=self.lanes,
+            batch_size=o.batch_size,
+            world_size=ds.world_size,
             anchors=tuple(tuple(a) for a in anchors) if anchors is not None else None,
         )
 
-    def _state_anchors(self) -> Optional[list[list[int]]]:
+    def _state_anchors(self) -> list[list[int]] | None:
         """Where each lane of a stream resumes reading: the shard its current window begins in."""
         if self._progress is None:
             anchors = self._resume.anchors if self._resume is not None else None
@@ -293,7 +313,7 @@ class StreamingDataLoader(StatefulDataLoader):
             return [list(a) for a in self._anchors]
         return [[max(a[0], b[0]), max(a[1], b[1])] for a, b in zip(self._anchors, peers)]
 
-    def load_state_dict(self, state_dict: dict[str, Any], *, strict: Optional[bool] = None) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any], *, strict: bool | None = None) -> None:
         """Resume from ``state_dict`` at the next iteration of its epoch.
 
         ``strict`` defaults to the loader's ``strict_resume``: Lightning restores the loader from
@@ -332,7 +352,7 @@ class _LazyEpoch:
         self.loader = loader
         self._it: Any = None
 
-    def __iter__(self) -> "_LazyEpoch":
+    def __iter__(self) -> _LazyEpoch:
         return self
 
     def __next__(self) -> Any:

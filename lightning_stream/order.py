@@ -28,7 +28,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["EpochOrder", "Lanes", "MixtureOrder", "block_permutation", "lane_sizes", "shard_lanes", "window_permutation"]
+__all__ = [
+    "EpochOrder",
+    "Lanes",
+    "MixtureOrder",
+    "block_permutation",
+    "lane_sizes",
+    "shard_lanes",
+    "window_permutation",
+]
 
 # Keep the window and mixture streams of an epoch apart from its block-order stream.
 _WINDOW_DOMAIN = 0x5EED

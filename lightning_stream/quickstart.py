@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import pyarrow as pa
@@ -119,10 +119,17 @@ class TinyCausalLM(pl.LightningModule):
             ``trainer.estimated_stepping_batches``.
     """
 
-    def __init__(self, tokenizer: str, hidden_size: int = 64, num_layers: int = 2, learning_rate: float = 3e-3, warmup_ratio: float = 0.05) -> None:
+    def __init__(
+        self,
+        tokenizer: str,
+        hidden_size: int = 64,
+        num_layers: int = 2,
+        learning_rate: float = 3e-3,
+        warmup_ratio: float = 0.05,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.model: Optional[torch.nn.Module] = None
+        self.model: torch.nn.Module | None = None
         self.val_loss = MeanMetric()
 
     def configure_model(self) -> None:
@@ -134,13 +141,20 @@ class TinyCausalLM(pl.LightningModule):
         hp = self.hparams
         vocab = Tokenizer.from_file(hp.tokenizer).get_vocab_size()
         config = LlamaConfig(
-            vocab_size=vocab, hidden_size=hp.hidden_size, intermediate_size=hp.hidden_size * 2,
-            num_hidden_layers=hp.num_layers, num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64,
+            vocab_size=vocab,
+            hidden_size=hp.hidden_size,
+            intermediate_size=hp.hidden_size * 2,
+            num_hidden_layers=hp.num_layers,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=64,
         )
         self.model = LlamaForCausalLM(config)
 
     def _loss(self, batch: dict[str, Any]) -> torch.Tensor:
-        return self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        return self.model(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+        ).loss
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)

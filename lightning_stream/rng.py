@@ -15,14 +15,15 @@ import contextlib
 import contextvars
 import random
 from collections.abc import Iterator
-from typing import Optional
 
 import numpy as np
 import torch
 
 __all__ = ["batch_rng", "current_rng"]
 
-_current: contextvars.ContextVar[Optional[np.random.Generator]] = contextvars.ContextVar("lightning_stream_rng", default=None)
+_current: contextvars.ContextVar[np.random.Generator | None] = contextvars.ContextVar(
+    "lightning_stream_rng", default=None
+)
 
 
 def _entropy(seed: int, epoch: int, key: tuple[int, ...]) -> list[int]:

@@ -11,12 +11,19 @@ import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 __all__ = ["DatasetSource", "Mix", "Remote", "Source", "as_source", "named_sources"]
 
 # Lives here, not with the file resolving in ``stores``: a plain string is parsed without I/O.
-_EXT_BUILDERS = {".parquet": "parquet", ".arrow": "arrow", ".jsonl": "json", ".json": "json", ".csv": "csv", ".tar": "webdataset"}
+_EXT_BUILDERS = {
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".jsonl": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".tar": "webdataset",
+}
 
 
 @dataclass(frozen=True)
@@ -53,13 +60,20 @@ class Remote:
     give_up_after: float = 300.0
     backoff: float = 0.1
     read_ahead: int = 32
-    max_request_bytes: Optional[int] = None
-    cache_dir: Optional[str] = None
+    max_request_bytes: int | None = None
+    cache_dir: str | None = None
     cache_bytes: int = 10 << 30
 
     def __post_init__(self) -> None:
-        if (self.retries < 1 or self.timeout <= 0 or self.give_up_after <= 0 or self.backoff < 0 or self.read_ahead < 0
-                or (self.max_request_bytes is not None and self.max_request_bytes < 1) or self.cache_bytes < 1):
+        if (
+            self.retries < 1
+            or self.timeout <= 0
+            or self.give_up_after <= 0
+            or self.backoff < 0
+            or self.read_ahead < 0
+            or (self.max_request_bytes is not None and self.max_request_bytes < 1)
+            or self.cache_bytes < 1
+        ):
             raise ValueError(
                 f"Remote needs retries >= 1, timeout > 0, give_up_after > 0, backoff >= 0, read_ahead >= 0, max_request_bytes >= 1, cache_bytes >= 1; got {self}"
             )
@@ -93,13 +107,13 @@ class Source:
     """
 
     path: str
-    name: Optional[str] = None
-    data_files: Union[str, list[str], dict[str, Union[str, list[str]]], None] = None
-    data_dir: Optional[str] = None
+    name: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    data_dir: str | None = None
     split: str = "train"
-    streaming: Optional[bool] = None
-    num_shards: Optional[int] = None
-    columns: Optional[list[str]] = None
+    streaming: bool | None = None
+    num_shards: int | None = None
+    columns: list[str] | None = None
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     remote: Remote = field(default_factory=Remote)
 
@@ -153,8 +167,8 @@ class Mix:
         Mix(sources=['captions.parquet', 'vqa.parquet'], ...)
     """
 
-    sources: list[Union[Source, str]]
-    probabilities: Optional[list[float]] = None
+    sources: list[Source | str]
+    probabilities: list[float] | None = None
     stopping_strategy: Literal["first_exhausted", "all_exhausted"] = "first_exhausted"
 
     def __post_init__(self) -> None:
@@ -175,7 +189,11 @@ def _check_source(source: Source) -> None:
     if isinstance(source.path, os.PathLike):
         source.path = os.fspath(source.path)
     if not isinstance(source.path, str) or not source.path:
-        fail(TypeError if not isinstance(source.path, str) else ValueError, "path", "a builder name, a folder, a file or a hub id (a non-empty string)")
+        fail(
+            TypeError if not isinstance(source.path, str) else ValueError,
+            "path",
+            "a builder name, a folder, a file or a hub id (a non-empty string)",
+        )
     if isinstance(source.data_dir, os.PathLike):
         source.data_dir = os.fspath(source.data_dir)
     for arg in ("name", "data_dir"):
@@ -185,32 +203,53 @@ def _check_source(source: Source) -> None:
     if isinstance(files, Mapping) and isinstance(source.split, str):  # load_dataset's {split: files}
         name = source.split.split("[")[0]
         if name not in files:
-            raise ValueError(f"Source(data_files={files!r}, split={source.split!r}): no files for split {name!r}; "
-                             f"the splits given are {list(files)}: pick one with split=")
+            raise ValueError(
+                f"Source(data_files={files!r}, split={source.split!r}): no files for split {name!r}; "
+                f"the splits given are {list(files)}: pick one with split="
+            )
         files = source.data_files = files[name]
     if isinstance(files, (str, os.PathLike)):
         source.data_files = os.fspath(files)
     elif isinstance(files, (list, tuple)) and files and all(isinstance(f, (str, os.PathLike)) for f in files):
         source.data_files = [os.fspath(f) for f in files]
     elif files is not None:
-        fail(TypeError if not isinstance(files, (list, tuple)) else ValueError, "data_files",
-             "a file or glob pattern, a non-empty list of them, a dict of them by split (as in load_dataset), or None")
+        fail(
+            TypeError if not isinstance(files, (list, tuple)) else ValueError,
+            "data_files",
+            "a file or glob pattern, a non-empty list of them, a dict of them by split (as in load_dataset), or None",
+        )
     if not isinstance(source.split, str) or not source.split:
-        fail(TypeError if not isinstance(source.split, str) else ValueError, "split", 'a split name such as "train" (a non-empty string)')
+        fail(
+            TypeError if not isinstance(source.split, str) else ValueError,
+            "split",
+            'a split name such as "train" (a non-empty string)',
+        )
     if source.streaming is not None and not isinstance(source.streaming, bool):
         fail(TypeError, "streaming", "True, False or None")
     shards = source.num_shards
     if shards is not None and (isinstance(shards, bool) or not isinstance(shards, int)):
-        fail(TypeError, "num_shards", "an int (the pieces whose order is shuffled each epoch) or None (pieces of 128 rows)")
+        fail(
+            TypeError,
+            "num_shards",
+            "an int (the pieces whose order is shuffled each epoch) or None (pieces of 128 rows)",
+        )
     if shards is not None and shards < 1:
-        fail(ValueError, "num_shards", "at least 1 (the pieces whose order is shuffled each epoch), or None (pieces of 128 rows)")
+        fail(
+            ValueError,
+            "num_shards",
+            "at least 1 (the pieces whose order is shuffled each epoch), or None (pieces of 128 rows)",
+        )
     columns = source.columns
     if isinstance(columns, str):
         raise TypeError(f"Source(columns={columns!r}): columns must be a list of column names: columns=[{columns!r}]")
     if columns is not None and (not isinstance(columns, (list, tuple)) or not all(isinstance(c, str) for c in columns)):
         fail(TypeError, "columns", "a list of column names, or None for all of them")
     if columns is not None and not columns:
-        fail(ValueError, "columns", "a non-empty list of column names (an empty one reads no column: every epoch would train 0 steps), or None for all")
+        fail(
+            ValueError,
+            "columns",
+            "a non-empty list of column names (an empty one reads no column: every epoch would train 0 steps), or None for all",
+        )
     if columns is not None and len(set(columns)) < len(columns):
         fail(ValueError, "columns", "a list of distinct column names")
     if not isinstance(source.load_kwargs, dict):
@@ -224,25 +263,35 @@ def _check_mix(mix: Mix) -> None:
     when the stores open (``stores/mixture.py``)."""
     sources = mix.sources
     if isinstance(sources, (str, Source)) or not isinstance(sources, (list, tuple)):
-        raise TypeError(f"Mix(sources={sources!r}): sources must be a list of at least two sources (Source objects, paths or dicts)")
+        raise TypeError(
+            f"Mix(sources={sources!r}): sources must be a list of at least two sources (Source objects, paths or dicts)"
+        )
     if len(sources) < 2:
         raise ValueError(f"Mix(sources={sources!r}): a Mix needs at least two sources; read a single one without Mix")
     if mix.stopping_strategy not in ("first_exhausted", "all_exhausted"):
-        raise ValueError(f"Mix(stopping_strategy={mix.stopping_strategy!r}): stopping_strategy must be 'first_exhausted' or 'all_exhausted'")
+        raise ValueError(
+            f"Mix(stopping_strategy={mix.stopping_strategy!r}): stopping_strategy must be 'first_exhausted' or 'all_exhausted'"
+        )
     probs = mix.probabilities
     if probs is None:
         return
-    if isinstance(probs, (str, bytes)) or not isinstance(probs, (list, tuple)) or not all(
-        isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs
+    if (
+        isinstance(probs, (str, bytes))
+        or not isinstance(probs, (list, tuple))
+        or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in probs)
     ):
         raise TypeError(f"Mix(probabilities={probs!r}): probabilities must be a list of numbers, one per source")
     if len(probs) != len(sources):
-        raise ValueError(f"Mix(probabilities={probs!r}): {len(probs)} probabilities for {len(sources)} sources; give one per source")
+        raise ValueError(
+            f"Mix(probabilities={probs!r}): {len(probs)} probabilities for {len(sources)} sources; give one per source"
+        )
     if any(not math.isfinite(p) or p < 0 for p in probs) or not sum(probs) > 0:
-        raise ValueError(f"Mix(probabilities={probs!r}): probabilities must be finite, non-negative and not all zero (they are normalised to sum to 1)")
+        raise ValueError(
+            f"Mix(probabilities={probs!r}): probabilities must be finite, non-negative and not all zero (they are normalised to sum to 1)"
+        )
 
 
-def as_source(spec: Any, *, split: str = "train") -> Union[Source, Mix, DatasetSource]:
+def as_source(spec: Any, *, split: str = "train") -> Source | Mix | DatasetSource:
     """Accept a :class:`Source`, a plain string (path, file or hub id), a dict of its fields, or a
     ``datasets`` object (``Dataset``, ``IterableDataset``, or a ``DatasetDict`` /
     ``IterableDatasetDict`` whose ``split`` is taken). A :class:`Mix` is returned as it is.
@@ -260,7 +309,9 @@ def as_source(spec: Any, *, split: str = "train") -> Union[Source, Mix, DatasetS
                     f"dataset_dict[{next(iter(spec), 'train')!r}]"
                 )
             return DatasetSource(spec[name], split=split)
-        return DatasetSource(spec, split=split if "[" in split else (str(spec.split) if spec.split is not None else split))
+        return DatasetSource(
+            spec, split=split if "[" in split else (str(spec.split) if spec.split is not None else split)
+        )
     if isinstance(spec, dict):
         return Source(**spec)
     if isinstance(spec, str):
@@ -274,7 +325,7 @@ def as_source(spec: Any, *, split: str = "train") -> Union[Source, Mix, DatasetS
     )
 
 
-def named_sources(spec: Any, *, split: str) -> dict[str, Union[Source, Mix, DatasetSource]]:
+def named_sources(spec: Any, *, split: str) -> dict[str, Source | Mix | DatasetSource]:
     """``{name: source}`` for an evaluation argument: None, one source, a list or a dict of them."""
     if spec is None:
         return {}
@@ -300,7 +351,7 @@ def _is_source_fields(spec: dict) -> bool:
     return "path" in spec and isinstance(spec["path"], str)
 
 
-def _short_name(source: Union[Source, Mix, DatasetSource]) -> str:
+def _short_name(source: Source | Mix | DatasetSource) -> str:
     if isinstance(source, Source):
         files = source.data_files
         if isinstance(files, str) and not any(c in files for c in "*?["):

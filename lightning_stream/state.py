@@ -29,7 +29,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["STATE_VERSION", "LoaderState", "StateMismatchError", "check_state"]
 
@@ -54,15 +54,15 @@ class LoaderState:
     epoch: int
     position: int
     steps: int
-    num_rows: Optional[int] = None
-    fingerprint: Optional[str] = None
-    seed: Optional[int] = None
-    shuffle: Optional[bool] = None
-    window: Optional[int] = None
+    num_rows: int | None = None
+    fingerprint: str | None = None
+    seed: int | None = None
+    shuffle: bool | None = None
+    window: int | None = None
     lanes: int = 1  # version 1 had one lane
-    batch_size: Optional[int] = None
-    world_size: Optional[int] = None
-    anchors: Optional[tuple[tuple[int, int], ...]] = None
+    batch_size: int | None = None
+    world_size: int | None = None
+    anchors: tuple[tuple[int, int], ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint (``anchors`` only for a stream dealt to lanes)."""
@@ -74,7 +74,7 @@ class LoaderState:
         return out
 
     @classmethod
-    def from_dict(cls, saved: Any) -> "LoaderState":
+    def from_dict(cls, saved: Any) -> LoaderState:
         """Parse a checkpoint's state, refusing it with the key at fault when a value has the wrong type."""
         if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
             raise StateMismatchError(
@@ -124,7 +124,7 @@ _REQUIRED = ("version", "epoch", "position", "steps")
 _OPTIONAL = {"num_rows", "fingerprint", "seed", "shuffle", "window", "batch_size", "world_size", "anchors"}
 # Each key's check and what it expects, for the message.
 _CHECKS = {
-    "version": (_int(1), "an int from 1 to %d" % STATE_VERSION),
+    "version": (_int(1), f"an int from 1 to {STATE_VERSION}"),
     "epoch": (_int(0), "an int >= 0"),
     "position": (_int(0), "an int >= 0"),
     "steps": (_int(0), "an int >= 0"),

@@ -17,7 +17,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -47,12 +47,14 @@ class BatchRecorder(pl.Callback):
     a CLI config: ``--trainer.callbacks+=lightning_stream.testing.BatchRecorder``).
     """
 
-    def __init__(self, id_key: str = "id", path: Optional[str] = None) -> None:
+    def __init__(self, id_key: str = "id", path: str | None = None) -> None:
         self.id_key = id_key
         self.path = path
         self.batches: list[tuple[int, tuple]] = []
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         entry = (trainer.current_epoch, batch_key(batch, self.id_key))
         self.batches.append(entry)
         if self.path is not None and trainer.is_global_zero:
@@ -97,7 +99,6 @@ class ResumeReport:
     before_crash: list[tuple[int, tuple]]
     after_resume: list[tuple[int, tuple]]
     checkpoint: str
-
 
 
 def _trainer(root: str, callbacks: list, trainer_kwargs: dict) -> pl.Trainer:
@@ -157,11 +158,15 @@ def assert_resume_equivalent(
         pass
     ckpt = os.path.join(root_b, "ckpt", f"step={stop_at_step}.ckpt")
     if not os.path.exists(ckpt):
-        raise AssertionError(f"run B wrote no checkpoint at step {stop_at_step} (found {os.listdir(os.path.dirname(ckpt))})")
+        raise AssertionError(
+            f"run B wrote no checkpoint at step {stop_at_step} (found {os.listdir(os.path.dirname(ckpt))})"
+        )
 
     rec_c = BatchRecorder(id_key)
     pl.seed_everything(0, workers=True, verbose=False)
-    _trainer(os.path.join(tmp_path, "c"), [rec_c], trainer_kwargs).fit(make_model(), datamodule=make_datamodule(), ckpt_path=ckpt)
+    _trainer(os.path.join(tmp_path, "c"), [rec_c], trainer_kwargs).fit(
+        make_model(), datamodule=make_datamodule(), ckpt_path=ckpt
+    )
 
     # The crash comes at the start of the first batch after step ``stop_at_step``, so run B
     # recorded exactly the batches that the checkpoint covers.
@@ -174,10 +179,13 @@ def assert_resume_equivalent(
         )
     expected = rec_a.batches[k:]
     if rec_c.batches != expected:
-        first = next((i for i, (x, y) in enumerate(zip(rec_c.batches, expected)) if x != y), min(len(rec_c.batches), len(expected)))
+        first = next(
+            (i for i, (x, y) in enumerate(zip(rec_c.batches, expected)) if x != y),
+            min(len(rec_c.batches), len(expected)),
+        )
         raise AssertionError(
             f"resume from {ckpt} is not exact: {len(rec_c.batches)} batches after resume, expected {len(expected)} "
             f"(run A trained {len(rec_a.batches)}); first difference at resumed batch {first}: "
-            f"got {rec_c.batches[first:first + 1]}, expected {expected[first:first + 1]}"
+            f"got {rec_c.batches[first : first + 1]}, expected {expected[first : first + 1]}"
         )
     return report

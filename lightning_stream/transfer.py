@@ -44,7 +44,12 @@ class _Pickler(pickle.Pickler):
         return None
 
     def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is not torch.Tensor or obj.device.type != "cpu" or obj.layout != torch.strided or obj.requires_grad:
+        if (
+            type(obj) is not torch.Tensor
+            or obj.device.type != "cpu"
+            or obj.layout != torch.strided
+            or obj.requires_grad
+        ):
             return NotImplemented
         try:
             return _tensor, (obj.numpy(), None)

@@ -24,13 +24,22 @@ import importlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 
 from .rng import current_rng
 
-__all__ = ["Map", "Filter", "Pipeline", "TransformError", "as_pipeline", "describe_callable", "resolve_callable"]
+__all__ = [
+    "Filter",
+    "Map",
+    "Pipeline",
+    "TransformError",
+    "as_pipeline",
+    "describe_callable",
+    "preflight",
+    "resolve_callable",
+]
 
 Batch = dict[str, list]
 
@@ -39,7 +48,7 @@ class TransformError(ValueError):
     """A transform or filter is broken whatever the rows (its output, or a column it reads): the message names it."""
 
 
-def resolve_callable(fn: Union[Callable, str]) -> Callable:
+def resolve_callable(fn: Callable | str) -> Callable:
     """Return ``fn``, importing it first when given as ``"module.attr"``."""
     if callable(fn):
         return fn
@@ -63,7 +72,7 @@ def describe_callable(fn: Any) -> str:
         fn = fn.func
     qualname = getattr(fn, "__qualname__", None) or type(fn).__qualname__
     module = getattr(fn, "__module__", None) or type(fn).__module__
-    code = getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)
+    code = getattr(fn, "__code__", None) or getattr(getattr(type(fn), "__call__", None), "__code__", None)  # noqa: B004
     where = f" ({os.path.basename(code.co_filename)}:{code.co_firstlineno})" if code is not None else ""
     return f"{module}.{qualname}{where}"
 
@@ -98,7 +107,7 @@ def _call(fn: Callable, arg: dict, fn_kwargs: dict, what: str) -> Any:
         ) from err
 
 
-def _length(value: Any) -> Optional[int]:
+def _length(value: Any) -> int | None:
     """The number of rows of a returned column, or None when it is not one value per row."""
     if isinstance(value, (str, bytes, Mapping)):
         return None
@@ -132,10 +141,10 @@ class Map:
         {'text': ['ab', 'c'], 'n': [2, 1]}
     """
 
-    function: Union[Callable, str]
+    function: Callable | str
     batched: bool = True
     fn_kwargs: dict[str, Any] = field(default_factory=dict)
-    remove_columns: Optional[list[str]] = None
+    remove_columns: list[str] | None = None
     with_rng: bool = False
 
     def __post_init__(self) -> None:
@@ -156,7 +165,9 @@ class Map:
         merged = {k: v for k, v in batch.items() if k not in drop}
         merged.update(out)
         if not merged:
-            raise TransformError(f"{what} left the batch with no column: it returned none and remove_columns removed all")
+            raise TransformError(
+                f"{what} left the batch with no column: it returned none and remove_columns removed all"
+            )
         lengths = {k: _length(v) for k, v in merged.items()}
         if len(set(lengths.values())) > 1:
             raise TransformError(
@@ -170,7 +181,9 @@ class Map:
         if out is None:
             raise _no_return(what, "a mapping of columns (dict, BatchEncoding, ...)")
         if not isinstance(out, Mapping):
-            raise TransformError(f"{what} must return a mapping of columns (dict, BatchEncoding, ...), got {type(out).__name__}")
+            raise TransformError(
+                f"{what} must return a mapping of columns (dict, BatchEncoding, ...), got {type(out).__name__}"
+            )
         for name, value in out.items():
             if _length(value) is None:
                 raise TransformError(
@@ -185,11 +198,15 @@ class Map:
             if out is None:
                 raise _no_return(what, "a mapping of the row's new values (batched=False)")
             if not isinstance(out, Mapping):
-                raise TransformError(f"{what} must return a mapping of the row's values (batched=False), got {type(out).__name__}")
+                raise TransformError(
+                    f"{what} must return a mapping of the row's values (batched=False), got {type(out).__name__}"
+                )
         keys = list(outs[0]) if outs else []
         odd = next((out for out in outs if out.keys() != outs[0].keys()), None)
         if odd is not None:
-            raise TransformError(f"{what} returned other columns for other rows ({keys} and {list(odd)}); return the same columns for every row")
+            raise TransformError(
+                f"{what} returned other columns for other rows ({keys} and {list(odd)}); return the same columns for every row"
+            )
         return {k: [out[k] for out in outs] for k in keys}
 
 
@@ -205,7 +222,7 @@ class Filter:
         {'text': ['a']}
     """
 
-    function: Union[Callable, str]
+    function: Callable | str
     batched: bool = True
     fn_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -224,16 +241,21 @@ class Filter:
                 keep = list(keep)  # a generator of flags
             if _length(keep) != rows:
                 got = f"{_length(keep)} flags" if _length(keep) is not None else f"one {type(keep).__name__}"
-                raise TransformError(f"{what} returned {got} for {rows} rows; return one bool per row, or pass batched=False")
+                raise TransformError(
+                    f"{what} returned {got} for {rows} rows; return one bool per row, or pass batched=False"
+                )
         else:
             keep = [_call(fn, row, self.fn_kwargs, what) for row in _rows(batch)]
             if any(k is None for k in keep):
                 raise _no_return(what, "a bool for the row (batched=False)")
         mask = np.asarray(list(keep), dtype=bool)
-        return {k: vals[mask] if isinstance(vals, np.ndarray) else [v for v, ok in zip(vals, mask) if ok] for k, vals in batch.items()}
+        return {
+            k: vals[mask] if isinstance(vals, np.ndarray) else [v for v, ok in zip(vals, mask) if ok]
+            for k, vals in batch.items()
+        }
 
 
-Step = Union[Map, Filter, Callable]
+Step = Map | Filter | Callable
 
 
 class Pipeline:
@@ -252,13 +274,31 @@ class Pipeline:
     def __bool__(self) -> bool:
         return bool(self.steps)
 
+    def preflight(self) -> None:
+        """Run each step function's own ``preflight()``, where it has one (see :func:`preflight`)."""
+        preflight(*(resolve_callable(s.function) for s in self.steps))
+
     @property
     def filters(self) -> list[str]:
         """The filters, named as errors name them."""
         return [describe_callable(resolve_callable(s.function)) for s in self.steps if isinstance(s, Filter)]
 
 
-def as_pipeline(*specs: Union[Step, Sequence[Step], None]) -> Pipeline:
+def preflight(*functions: Any) -> None:
+    """Call ``fn.preflight()`` for each function that has one, in the main process.
+
+    The datamodule calls it when it builds a loader, before any row is read, so that a
+    function's set-up failure (a processor that cannot load) is named as that at once instead
+    of surfacing in a worker beside a data row. Functions load lazily in the workers anyway;
+    ``preflight`` only moves the first failure forward.
+    """
+    for fn in functions:
+        check = getattr(fn, "preflight", None)
+        if callable(check) and not isinstance(fn, type):
+            check()
+
+
+def as_pipeline(*specs: Step | Sequence[Step] | None) -> Pipeline:
     """Flatten ``filter``/``transform`` arguments (each a step, a list of steps or None) into a pipeline."""
     steps: list[Step] = []
     for spec in specs:

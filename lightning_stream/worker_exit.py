@@ -13,7 +13,7 @@ read from the worker processes torch keeps (``_workers``, a private attribute).
 from __future__ import annotations
 
 import signal
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["worker_death"]
 
@@ -24,7 +24,7 @@ _HINTS = {
 }
 
 
-def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str) -> Optional[str]:
+def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str) -> str | None:
     """The message for a worker that died without an exception, or None for any other error."""
     text = str(err)
     if num_workers == 0 or "in DataLoader worker process" in text:
@@ -36,7 +36,9 @@ def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str
     if name is None and codes and codes[0] < 0:
         name = signal.Signals(-codes[0]).name
     if name is not None:
-        hint = _HINTS.get(name, "a crash in native code (a C extension, a decoder); run with num_workers=0 to see where")
+        hint = _HINTS.get(
+            name, "a crash in native code (a C extension, a decoder); run with num_workers=0 to see where"
+        )
         return f"a DataLoader worker reading {where} died (killed by {name}): {hint} [{text}]"
     if codes:
         return f"a DataLoader worker reading {where} died (exit code {codes[0]}, no exception): os._exit, or a library that exits [{text}]"
@@ -45,7 +47,7 @@ def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str
     return f"a DataLoader worker reading {where} died (cause unknown): run with num_workers=0 to see an error there [{text}]"
 
 
-def _signal_in(text: str) -> Optional[str]:
+def _signal_in(text: str) -> str | None:
     """The signal named in torch's ``is killed by signal: <strsignal>`` message."""
     marker = "is killed by signal: "
     if marker not in text:

@@ -2,7 +2,6 @@
 
 import json
 import os
-from typing import Optional
 
 import lightning.pytorch as pl
 import torch
@@ -20,7 +19,7 @@ class GlueData(StreamingDataModule):
 
 
 class Classifier(pl.LightningModule):
-    def __init__(self, out: str, batch_size: int = 1, tokenizer: Optional[str] = None):
+    def __init__(self, out: str, batch_size: int = 1, tokenizer: str | None = None):
         super().__init__()
         self.out, self.batch_size, self.tokenizer = out, batch_size, tokenizer
         self.w = torch.nn.Parameter(torch.zeros(1))
@@ -31,7 +30,14 @@ class Classifier(pl.LightningModule):
 
     def on_fit_start(self):
         with open(os.path.join(self.out, "model.json"), "w") as f:
-            json.dump({"batch_size": self.batch_size, "tokenizer": self.tokenizer, "names": self.trainer.datamodule.val_names}, f)
+            json.dump(
+                {
+                    "batch_size": self.batch_size,
+                    "tokenizer": self.tokenizer,
+                    "names": self.trainer.datamodule.val_names,
+                },
+                f,
+            )
 
     def training_step(self, batch, batch_idx):
         return (self.w - 1).pow(2).sum()

@@ -6,11 +6,10 @@ import logging
 import os
 import warnings
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-import datasets
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 datasets.disable_progress_bars()

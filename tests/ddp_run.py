@@ -27,7 +27,13 @@ class Recorder(pl.Callback):
 
     def on_train_start(self, trainer, pl_module):
         with open(os.path.join(self.out, f"meta-rank{trainer.global_rank}.json"), "w") as f:
-            json.dump({"num_training_batches": trainer.num_training_batches, "estimated_stepping_batches": trainer.estimated_stepping_batches}, f)
+            json.dump(
+                {
+                    "num_training_batches": trainer.num_training_batches,
+                    "estimated_stepping_batches": trainer.estimated_stepping_batches,
+                },
+                f,
+            )
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with open(os.path.join(self.out, f"train-rank{trainer.global_rank}.jsonl"), "a") as f:
@@ -71,17 +77,41 @@ def main():
     p.add_argument("--step-sleep", type=float, default=0.0)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
-    train = a.train[0] if len(a.train) == 1 and not a.train[0].endswith(".parquet") else Source(path="parquet", data_files=a.train)
+    train = (
+        a.train[0]
+        if len(a.train) == 1 and not a.train[0].endswith(".parquet")
+        else Source(path="parquet", data_files=a.train)
+    )
     dm = StreamingDataModule(
-        train=train, val=a.val, batch_size=a.batch_size, num_workers=a.workers, shuffle=not a.no_shuffle, buffer_size=64, seed=11
+        train=train,
+        val=a.val,
+        batch_size=a.batch_size,
+        num_workers=a.workers,
+        shuffle=not a.no_shuffle,
+        buffer_size=64,
+        seed=11,
     )
     callbacks = [Recorder(a.out)]
     if a.ckpt_every:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=os.path.join(a.out, "ckpt"), every_n_train_steps=a.ckpt_every, save_top_k=-1, filename="{step}"))
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=os.path.join(a.out, "ckpt"), every_n_train_steps=a.ckpt_every, save_top_k=-1, filename="{step}"
+            )
+        )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=a.devices, num_nodes=a.num_nodes, strategy="ddp" if a.devices * a.num_nodes > 1 else "auto",
-        max_epochs=a.max_epochs, max_steps=a.max_steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=bool(a.ckpt_every), callbacks=callbacks, num_sanity_val_steps=0, default_root_dir=a.out,
+        accelerator="cpu",
+        devices=a.devices,
+        num_nodes=a.num_nodes,
+        strategy="ddp" if a.devices * a.num_nodes > 1 else "auto",
+        max_epochs=a.max_epochs,
+        max_steps=a.max_steps,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=bool(a.ckpt_every),
+        callbacks=callbacks,
+        num_sanity_val_steps=0,
+        default_root_dir=a.out,
         limit_val_batches=1.0 if a.val else 0,
     )
     trainer.fit(Model(a.step_sleep), datamodule=dm, ckpt_path=a.resume)

@@ -52,11 +52,20 @@ def main():
         val={"matched": os.path.join(d, "matched.parquet"), "mismatched": os.path.join(d, "mismatched.parquet")},
         test=os.path.join(d, "matched.parquet"),
         predict=os.path.join(d, "mismatched.parquet"),
-        batch_size=8, val_batch_size=7, num_workers=a.workers,
+        batch_size=8,
+        val_batch_size=7,
+        num_workers=a.workers,
     )
     trainer = pl.Trainer(
-        accelerator="cpu", devices=a.devices, strategy="ddp" if a.devices > 1 else "auto", max_epochs=1, logger=False,
-        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False, num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=a.devices,
+        strategy="ddp" if a.devices > 1 else "auto",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        num_sanity_val_steps=0,
     )
     model = Model(a.out)
     trainer.fit(model, datamodule=dm)

@@ -24,8 +24,15 @@ def test_installed_once_and_reports_starvation(tmp_path, data_dir):
         def on_train_batch_end(self, trainer, *args):
             logged.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=30, callbacks=[cb, Spy()], enable_progress_bar=False,
-                   enable_checkpointing=False, default_root_dir=str(tmp_path))
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_steps=30,
+        callbacks=[cb, Spy()],
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     with pytest.warns(UserWarning, match="waiting for data"):
         t.fit(IdModel(), datamodule=dm)
     assert sum(isinstance(c, StreamingCallback) for c in t.callbacks) == 1  # the user's, not a second one
@@ -35,9 +42,17 @@ def test_installed_once_and_reports_starvation(tmp_path, data_dir):
 
 
 def test_epoch_counts_are_logged(tmp_path, data_dir):
-    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), filter=lambda b: [i % 2 == 0 for i in b["id"]], batch_size=100)
-    t = pl.Trainer(accelerator="cpu", logger=False, max_epochs=1, enable_progress_bar=False, enable_checkpointing=False,
-                   default_root_dir=str(tmp_path))
+    dm = StreamingDataModule(
+        train=os.path.join(data_dir, "disk"), filter=lambda b: [i % 2 == 0 for i in b["id"]], batch_size=100
+    )
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_epochs=1,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     t.fit(IdModel(), datamodule=dm)
     m = {k: float(v) for k, v in t.callback_metrics.items()}
     assert m["data/rows_filtered"] == 500 and m["data/rows_skipped"] == 0 and m["data/rows_dropped"] == 0

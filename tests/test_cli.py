@@ -14,7 +14,16 @@ CONFIG = os.path.join(ROOT, "examples", "quickstart.yaml")
 
 
 def fit(cwd, *args):
-    cmd = [sys.executable, "-m", "lightning_stream", "fit", "--config", CONFIG, "--trainer.enable_progress_bar=false", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lightning_stream",
+        "fit",
+        "--config",
+        CONFIG,
+        "--trainer.enable_progress_bar=false",
+        *args,
+    ]
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -42,7 +51,14 @@ def test_quickstart_learns_and_resumes_from_last(tmp_path):
     # Interrupted at step 50 (mid epoch 0), then resumed with --ckpt_path last.
     b = tmp_path / "b"
     b.mkdir()
-    fit(b, *small, "--trainer.max_epochs=2", "--trainer.max_steps=50", rec, f"--trainer.callbacks.path={b / 'before.jsonl'}")
+    fit(
+        b,
+        *small,
+        "--trainer.max_epochs=2",
+        "--trainer.max_steps=50",
+        rec,
+        f"--trainer.callbacks.path={b / 'before.jsonl'}",
+    )
     assert os.path.exists(b / "runs/quickstart/checkpoints/last.ckpt")
     fit(b, *small, "--trainer.max_epochs=2", "--ckpt_path=last", rec, f"--trainer.callbacks.path={b / 'after.jsonl'}")
 

@@ -42,8 +42,14 @@ data:
 
 def cli(root, *args):
     env = {**os.environ, "PYTHONPATH": HERE + os.pathsep + os.environ.get("PYTHONPATH", ""), "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "lightning_stream", *args, "--config", str(root / "run.yaml")],
-                          capture_output=True, text=True, timeout=300, env=env, cwd=str(root))
+    return subprocess.run(
+        [sys.executable, "-m", "lightning_stream", *args, "--config", str(root / "run.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        cwd=str(root),
+    )
 
 
 @pytest.mark.slow
@@ -64,7 +70,9 @@ def test_a_subclass_two_validation_sets_and_a_test_set_from_yaml(tmp_path):
 
 
 def test_conflicting_linked_arguments_name_both(tmp_path):
-    config = CONFIG.format(root=tmp_path).replace(f"    out: {tmp_path}", f"    out: {tmp_path}\n    tokenizer: other/tok")
+    config = CONFIG.format(root=tmp_path).replace(
+        f"    out: {tmp_path}", f"    out: {tmp_path}\n    tokenizer: other/tok"
+    )
     (tmp_path / "run.yaml").write_text(config)
     proc = cli(tmp_path, "fit")
     assert proc.returncode != 0

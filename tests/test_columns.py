@@ -1,11 +1,11 @@
 """Numeric arrow columns gathered as numpy: same rows as arrow, fewer copies, right dtypes."""
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
 import torch
 
-import datasets
 from lightning_stream import StreamingDataModule
 from lightning_stream.stores.columns import NumpyColumns
 
@@ -43,17 +43,29 @@ def test_gather_equals_arrow_take(rows):
 def test_numpy_and_python_formats_deliver_the_same_batches(tmp_path):
     path = str(tmp_path / "ds")
     n = 3000
-    features = datasets.Features({"id": datasets.Value("int64"), "ids": datasets.Sequence(datasets.Value("int32")), "text": datasets.Value("string")})
-    datasets.Dataset.from_dict({"id": list(range(n)), "ids": [[i % 50] * 8 for i in range(n)], "text": ["t"] * n}, features=features).save_to_disk(path, num_shards=3)
+    features = datasets.Features(
+        {
+            "id": datasets.Value("int64"),
+            "ids": datasets.Sequence(datasets.Value("int32")),
+            "text": datasets.Value("string"),
+        }
+    )
+    datasets.Dataset.from_dict(
+        {"id": list(range(n)), "ids": [[i % 50] * 8 for i in range(n)], "text": ["t"] * n}, features=features
+    ).save_to_disk(path, num_shards=3)
 
     def run(fmt):
-        dm = StreamingDataModule(train=path, batch_size=32, buffer_size=500, batch_format=fmt, transform=lambda b: {"labels": b["ids"]})
+        dm = StreamingDataModule(
+            train=path, batch_size=32, buffer_size=500, batch_format=fmt, transform=lambda b: {"labels": b["ids"]}
+        )
         return list(dm.train_dataloader())
 
     python, numpy = run("python"), run("numpy")
     assert len(python) == len(numpy) == -(-n // 32)
     for a, b in zip(python, numpy):
-        assert torch.equal(a["id"], b["id"]) and torch.equal(a["ids"], b["ids"]) and torch.equal(a["labels"], b["labels"])
+        assert (
+            torch.equal(a["id"], b["id"]) and torch.equal(a["ids"], b["ids"]) and torch.equal(a["labels"], b["labels"])
+        )
         assert b["ids"].dtype == b["labels"].dtype == torch.int64  # int32 ids arrive as int64, as with_format("torch")
         assert a["text"] == b["text"]
     assert sorted(torch.cat([b["id"] for b in numpy]).tolist()) == list(range(n))
@@ -68,7 +80,9 @@ def test_bad_row_is_isolated_with_numpy_columns(tmp_path):
             raise ValueError("unlucky row")
         return {"double": batch["ids"] * 2}
 
-    dm = StreamingDataModule(train=path, batch_size=16, shuffle=False, batch_format="numpy", transform=transform, on_error="skip")
+    dm = StreamingDataModule(
+        train=path, batch_size=16, shuffle=False, batch_format="numpy", transform=transform, on_error="skip"
+    )
     batches = list(dm.train_dataloader())
     ids = torch.cat([b["id"] for b in batches]).tolist()
     assert ids == [i for i in range(64) if i != 13]

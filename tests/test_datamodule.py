@@ -6,8 +6,8 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
-
 from conftest import PARQUET_SIZES
+
 from lightning_stream import Filter, Source, StreamingDataModule
 from lightning_stream.testing import BatchRecorder, IdModel
 
@@ -23,14 +23,21 @@ def epoch_ids(loader):
 def trainer(tmp_path, **kw):
     kw.setdefault("max_epochs", 1)
     return pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_model_summary=False,
-        enable_progress_bar=False, default_root_dir=str(tmp_path), **kw,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+        **kw,
     )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_shuffled_epochs_are_permutations_that_differ(source, num_workers):
-    dm = StreamingDataModule(train=source, transform=text_len, batch_size=16, num_workers=num_workers, buffer_size=100, seed=1)
+    dm = StreamingDataModule(
+        train=source, transform=text_len, batch_size=16, num_workers=num_workers, buffer_size=100, seed=1
+    )
     loader = dm.train_dataloader()
     epochs = []
     for e in range(2):
@@ -40,7 +47,9 @@ def test_shuffled_epochs_are_permutations_that_differ(source, num_workers):
         assert sorted(ids) == list(range(1000))
     assert epochs[0] != epochs[1]
     # Same seed and lanes (by default, the readers when training starts): same order, whatever the worker count.
-    again = StreamingDataModule(train=source, batch_size=16, num_workers=0, buffer_size=100, seed=1, lanes=max(1, num_workers))
+    again = StreamingDataModule(
+        train=source, batch_size=16, num_workers=0, buffer_size=100, seed=1, lanes=max(1, num_workers)
+    )
     assert epoch_ids(again.train_dataloader()) == epochs[0]
 
 
@@ -64,7 +73,9 @@ def test_one_parquet_file_keeps_both_workers_busy(data_dir):
         info = torch.utils.data.get_worker_info()
         return {"worker": [info.id] * len(batch["id"])}
 
-    dm = StreamingDataModule(train=os.path.join(data_dir, "one.parquet"), transform=tag_worker, batch_size=10, num_workers=2)
+    dm = StreamingDataModule(
+        train=os.path.join(data_dir, "one.parquet"), transform=tag_worker, batch_size=10, num_workers=2
+    )
     workers = [w for b in dm.train_dataloader() for w in b["worker"].tolist()]
     assert len(workers) == 1000
     assert workers.count(0) == workers.count(1) == 500
@@ -95,13 +106,22 @@ def test_progress_bar_has_a_total(tmp_path, data_dir):
             totals.append(self.train_progress_bar.total)
 
     dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=100)
-    t = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, max_epochs=1, callbacks=[Bar()], default_root_dir=str(tmp_path))
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        max_epochs=1,
+        callbacks=[Bar()],
+        default_root_dir=str(tmp_path),
+    )
     t.fit(IdModel(), datamodule=dm)
     assert totals == [10]
 
 
 def test_every_epoch_is_complete_and_fresh_under_the_trainer(tmp_path, source):
-    dm = StreamingDataModule(train=source, batch_size=50, num_workers=2, persistent_workers=True, buffer_size=200, seed=4)
+    dm = StreamingDataModule(
+        train=source, batch_size=50, num_workers=2, persistent_workers=True, buffer_size=200, seed=4
+    )
     rec = BatchRecorder()
     trainer(tmp_path, max_epochs=3, callbacks=[rec]).fit(IdModel(), datamodule=dm)
     orders = [[i for e, b in rec.batches if e == epoch for i in b] for epoch in range(3)]
@@ -121,7 +141,9 @@ def test_filter_shrinks_batches_but_keeps_the_step_count(source):
 
 
 def test_batch_emptied_by_the_filter_is_not_yielded(source):
-    dm = StreamingDataModule(train=source, filter=Filter(lambda r: r["id"] >= 20, batched=False), batch_size=10, shuffle=False)
+    dm = StreamingDataModule(
+        train=source, filter=Filter(lambda r: r["id"] >= 20, batched=False), batch_size=10, shuffle=False
+    )
     batches = list(dm.train_dataloader())
     assert len(batches) == 98
     assert batches[0]["id"][0].item() == 20
@@ -134,7 +156,12 @@ def test_validation_loader_reads_everything_in_order(tmp_path, data_dir):
         def validation_step(self, batch, batch_idx):
             seen.extend(batch["id"].tolist())
 
-    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "one.parquet"), batch_size=64, val_batch_size=100)
+    dm = StreamingDataModule(
+        train=os.path.join(data_dir, "disk"),
+        val=os.path.join(data_dir, "one.parquet"),
+        batch_size=64,
+        val_batch_size=100,
+    )
     trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0).fit(Val(), datamodule=dm)
     assert seen == list(range(1000)) * 2
 
@@ -142,7 +169,11 @@ def test_validation_loader_reads_everything_in_order(tmp_path, data_dir):
 def test_nothing_is_materialised(data_dir):
     """A worker holds at most its cache of decoded row groups, bounded by two shuffle windows and a
     row group more for each (a window's rows may lie in one more row group than they fill)."""
-    dm = StreamingDataModule(train=Source(path="parquet", data_files=os.path.join(data_dir, "pq", "*.parquet")), batch_size=10, buffer_size=100)
+    dm = StreamingDataModule(
+        train=Source(path="parquet", data_files=os.path.join(data_dir, "pq", "*.parquet")),
+        batch_size=10,
+        buffer_size=100,
+    )
     loader = dm.train_dataloader()
     store = loader.dataset.store
     peak = 0
@@ -157,14 +188,24 @@ def test_numpy_batch_format_gives_arrays_to_the_transform(tmp_path):
     import pyarrow.parquet as pq
 
     path = str(tmp_path / "tokens.parquet")
-    pq.write_table(pa.table({"id": list(range(100)), "input_ids": [[i, i + 1, i + 2] for i in range(100)], "text": ["t"] * 100}), path)
+    pq.write_table(
+        pa.table({"id": list(range(100)), "input_ids": [[i, i + 1, i + 2] for i in range(100)], "text": ["t"] * 100}),
+        path,
+    )
     seen = {}
 
     def shift(batch):
         seen.update({k: type(v) for k, v in batch.items()})
         return {"labels": batch["input_ids"] + 1}
 
-    dm = StreamingDataModule(train=path, transform=shift, filter=lambda b: b["id"] % 2 == 0, batch_size=10, shuffle=False, batch_format="numpy")
+    dm = StreamingDataModule(
+        train=path,
+        transform=shift,
+        filter=lambda b: b["id"] % 2 == 0,
+        batch_size=10,
+        shuffle=False,
+        batch_format="numpy",
+    )
     batch = next(iter(dm.train_dataloader()))
     assert seen == {"id": np.ndarray, "input_ids": np.ndarray, "text": list}
     assert batch["id"].tolist() == [0, 2, 4, 6, 8]
@@ -176,7 +217,9 @@ def test_loader_defaults_suit_the_trainer(data_dir):
 
     path = os.path.join(data_dir, "disk")
     dm = StreamingDataModule(train=path, num_workers=2)
-    dm.trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    dm.trainer = Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
+    )
     loader = dm.train_dataloader()
     assert loader.persistent_workers  # no worker restart per epoch or per validation run
     assert not loader.pin_memory  # nothing to pin for a CPU run, even on a machine with CUDA
@@ -195,9 +238,18 @@ def test_persistent_workers_stop_with_the_fit_and_the_datamodule_pickles(data_di
         def validation_step(self, batch, batch_idx):
             return None
 
-    dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "disk"), batch_size=50, num_workers=2)
-    trainer = Trainer(accelerator="cpu", max_steps=3, limit_val_batches=2, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, default_root_dir=str(tmp_path))
+    dm = StreamingDataModule(
+        train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "disk"), batch_size=50, num_workers=2
+    )
+    trainer = Trainer(
+        accelerator="cpu",
+        max_steps=3,
+        limit_val_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(WithVal(), datamodule=dm)
     loaders = list(dm._loaders)
     assert len(loaders) == 2 and all(loader.persistent_workers for loader in loaders)

@@ -16,7 +16,13 @@ pytestmark = pytest.mark.slow
 
 def run(out, *args, timeout=240):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, SCRIPT, "--out", str(out), *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--out", str(out), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
 
 
@@ -71,10 +77,38 @@ def test_ddp_resume_is_exact_rank_by_rank(tmp_path, data_dir):
 def test_elastic_resume_changes_world_size_and_workers(tmp_path, data_dir, before, after):
     data = os.path.join(data_dir, "disk")
     steps = 12 if before == 2 else 24  # 384 rows into epoch 0 either way
-    run(tmp_path / "b", "--train", data, "--devices", before, "--workers", 0, "--max-epochs", 1, "--batch-size", 16,
-        "--max-steps", steps, "--ckpt-every", steps)
-    run(tmp_path / "c", "--train", data, "--devices", after, "--workers", 2, "--max-epochs", 1, "--batch-size", 16,
-        "--resume", tmp_path / "b" / "ckpt" / f"step={steps}.ckpt")
+    run(
+        tmp_path / "b",
+        "--train",
+        data,
+        "--devices",
+        before,
+        "--workers",
+        0,
+        "--max-epochs",
+        1,
+        "--batch-size",
+        16,
+        "--max-steps",
+        steps,
+        "--ckpt-every",
+        steps,
+    )
+    run(
+        tmp_path / "c",
+        "--train",
+        data,
+        "--devices",
+        after,
+        "--workers",
+        2,
+        "--max-epochs",
+        1,
+        "--batch-size",
+        16,
+        "--resume",
+        tmp_path / "b" / "ckpt" / f"step={steps}.ckpt",
+    )
     seen = Counter()
     for out, world in ((tmp_path / "b", before), (tmp_path / "c", after)):
         for rank in range(world):
@@ -95,10 +129,41 @@ def test_two_nodes_over_loopback_train_and_resume(tmp_path, data_dir):
         port = free_port()
         procs = [
             subprocess.Popen(
-                [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1", "--node_rank", str(node),
-                 "--master_addr", "127.0.0.1", "--master_port", str(port), SCRIPT, "--out", str(out), "--train", data,
-                 "--devices", "1", "--num-nodes", "2", "--workers", "1", "--max-epochs", "1", "--batch-size", "16", *map(str, extra)],
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                [
+                    sys.executable,
+                    "-m",
+                    "torch.distributed.run",
+                    "--nnodes",
+                    "2",
+                    "--nproc_per_node",
+                    "1",
+                    "--node_rank",
+                    str(node),
+                    "--master_addr",
+                    "127.0.0.1",
+                    "--master_port",
+                    str(port),
+                    SCRIPT,
+                    "--out",
+                    str(out),
+                    "--train",
+                    data,
+                    "--devices",
+                    "1",
+                    "--num-nodes",
+                    "2",
+                    "--workers",
+                    "1",
+                    "--max-epochs",
+                    "1",
+                    "--batch-size",
+                    "16",
+                    *map(str, extra),
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
             )
             for node in (0, 1)
         ]
@@ -139,7 +204,9 @@ def test_stream_shards_dealt_to_lanes_even_steps_and_exact_resume_rank_by_rank(t
     run(tmp_path / "a", *common)
     run(tmp_path / "b", *common, "--max-steps", 20, "--ckpt-every", 20)
     run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=20.ckpt")
-    (state,) = torch.load(tmp_path / "b" / "ckpt" / "step=20.ckpt", weights_only=True)["loops"]["fit_loop"]["state_dict"]["combined_loader"]
+    (state,) = torch.load(tmp_path / "b" / "ckpt" / "step=20.ckpt", weights_only=True)["loops"]["fit_loop"][
+        "state_dict"
+    ]["combined_loader"]
     # 10 batches of 16 into each 250-row lane: the window of rows 128-191 begins in its 2nd shard.
     assert state["lanes"] == 4 and state["anchors"] == [[1, 125]] * 4
     r0, r1 = batches(tmp_path / "a", 0), batches(tmp_path / "a", 1)
@@ -160,7 +227,9 @@ def test_stream_lanes_of_unequal_lengths_end_on_the_same_step_on_every_rank(tmp_
         with gzip.open(tmp_path / f"part-{i}.jsonl.gz", "wt") as f:
             f.write("".join(json.dumps({"id": j}) + "\n" for j in range(start, start + n)))
         start += n
-    run(tmp_path / "out", "--train", str(tmp_path / "*.jsonl.gz"), "--workers", 2, "--max-epochs", 2, "--batch-size", 16)
+    run(
+        tmp_path / "out", "--train", str(tmp_path / "*.jsonl.gz"), "--workers", 2, "--max-epochs", 2, "--batch-size", 16
+    )
     r0, r1 = batches(tmp_path / "out", 0), batches(tmp_path / "out", 1)
     assert len(r0) == len(r1) > 0
     for epoch in (0, 1):

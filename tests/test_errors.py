@@ -6,13 +6,12 @@ import re
 import subprocess
 import sys
 
-import lightning.pytorch as pl
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import datasets
 from lightning_stream import RowError, Source, StateMismatchError, StreamingDataModule
 from lightning_stream.state import STATE_VERSION
 from lightning_stream.transforms import TransformError
@@ -53,7 +52,10 @@ def test_empty_and_truncated_parquet(tmp_path, data_dir):
 
 def test_missing_column_in_transform_names_function_and_column(data_dir):
     # A column no row has is the transform's bug, not a bad row (nor one to skip).
-    with pytest.raises(TransformError, match=r"transform test_errors\..*<lambda> \(test_errors.py:\d+\) reads column 'txt', which the batch does not have"):
+    with pytest.raises(
+        TransformError,
+        match=r"transform test_errors\..*<lambda> \(test_errors.py:\d+\) reads column 'txt', which the batch does not have",
+    ):
         first_batch(train=os.path.join(data_dir, "one.parquet"), transform=lambda b: {"n": [len(t) for t in b["txt"]]})
 
 
@@ -69,7 +71,10 @@ def test_transform_with_unequal_columns(data_dir):
 
 def test_ragged_numeric_column_names_it(data_dir):
     with pytest.raises(ValueError, match="column 'tokens' is ragged"):
-        first_batch(train=os.path.join(data_dir, "one.parquet"), transform=lambda b: {"tokens": [[1] * (i % 3 + 1) for i in b["id"]]})
+        first_batch(
+            train=os.path.join(data_dir, "one.parquet"),
+            transform=lambda b: {"tokens": [[1] * (i % 3 + 1) for i in b["id"]]},
+        )
 
 
 def test_corrupt_image_raises_with_file_row_and_column(images_parquet):
@@ -109,7 +114,9 @@ def test_too_few_rows_for_the_batch_layout(tmp_path):
 
 def test_more_workers_than_batches_warns(data_dir):
     with pytest.warns(UserWarning, match="num_workers=4 but .* makes only 1 batches"):
-        StreamingDataModule(train=os.path.join(data_dir, "one.parquet"), batch_size=1000, num_workers=4).train_dataloader()
+        StreamingDataModule(
+            train=os.path.join(data_dir, "one.parquet"), batch_size=1000, num_workers=4
+        ).train_dataloader()
 
 
 def test_state_from_newer_version_or_other_shuffle_is_refused(data_dir):
@@ -147,7 +154,12 @@ for _ in loader:
 
 def test_killed_worker_is_an_error_not_a_hang(data_dir):
     # In a child process: torch reports a dead worker from a SIGCHLD handler, which must not fire inside pytest.
-    proc = subprocess.run([sys.executable, "-c", _KILLED_WORKER, os.path.join(data_dir, "disk")], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_WORKER, os.path.join(data_dir, "disk")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode != 0
     assert re.search(r"a DataLoader worker reading .*disk died .*out-of-memory killer", proc.stderr)
 

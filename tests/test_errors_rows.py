@@ -59,12 +59,16 @@ def tokenizer():
 
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator([f"row {i}" for i in range(40)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"]))
+    tok.train_from_iterator(
+        [f"row {i}" for i in range(40)], trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]"])
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
 
 
 def test_tokenizer_batch_encoding_is_a_transform_output(forty, tokenizer):
-    dm = StreamingDataModule(train=forty, transform=lambda b: tokenizer(b["text"]), shuffle=False, batch_size=10, on_error="skip")
+    dm = StreamingDataModule(
+        train=forty, transform=lambda b: tokenizer(b["text"]), shuffle=False, batch_size=10, on_error="skip"
+    )
     loader = dm.train_dataloader()
     out = list(loader)
     assert type(tokenizer(["row 1"])).__name__ == "BatchEncoding"
@@ -86,18 +90,33 @@ def keeps_per_batch(batch):
 
 
 def row_filter_forgets_return(row):
-    row["id"] > 3
+    row["id"] > 3  # noqa: B015 - the bug under test: no return
 
 
 BROKEN = [
     (lambda b: [1] * len(b["id"]), r"must return a mapping of columns \(dict, BatchEncoding, \.\.\.\), got list"),
     (forgets_return, r"forgets_return \(test_errors_rows\.py:\d+\) returned None; .* is its `return` missing\?"),
-    (Map(row_forgets_return, batched=False), r"row_forgets_return .*returned None; .*batched=False.* is its `return` missing\?"),
-    (lambda b: {"x": [1, 2, 3]}, r"unequal length \{'id': 10, 'text': 10, 'x': 3\} for a batch of 10 rows; return one value per row"),
-    (lambda b: {"total": [sum(b["id"])]}, r"unequal length \{'id': 10, 'text': 10, 'total': 1\}"),  # one value per batch
+    (
+        Map(row_forgets_return, batched=False),
+        r"row_forgets_return .*returned None; .*batched=False.* is its `return` missing\?",
+    ),
+    (
+        lambda b: {"x": [1, 2, 3]},
+        r"unequal length \{'id': 10, 'text': 10, 'x': 3\} for a batch of 10 rows; return one value per row",
+    ),
+    (
+        lambda b: {"total": [sum(b["id"])]},
+        r"unequal length \{'id': 10, 'text': 10, 'total': 1\}",
+    ),  # one value per batch
     (lambda b: {"n": len(b["id"])}, r"returned column 'n' as one int, not one value per row: .*or pass batched=False"),
-    (lambda b: {"n": [len(t) for t in b["txt"]]}, r"reads column 'txt', which the batch does not have \(columns: \['id', 'text'\]\)"),
-    (Filter(keeps_per_batch), r"filter test_errors_rows\.keeps_per_batch .*returned one bool for 10 rows; return one bool per row"),
+    (
+        lambda b: {"n": [len(t) for t in b["txt"]]},
+        r"reads column 'txt', which the batch does not have \(columns: \['id', 'text'\]\)",
+    ),
+    (
+        Filter(keeps_per_batch),
+        r"filter test_errors_rows\.keeps_per_batch .*returned one bool for 10 rows; return one bool per row",
+    ),
     (Filter(row_filter_forgets_return, batched=False), r"filter .*row_filter_forgets_return .*returned None"),
 ]
 
@@ -114,7 +133,10 @@ def test_broken_transform_is_named_not_a_bad_row(forty, transform, message, on_e
 
 
 def test_broken_transform_in_a_worker_is_named(forty):
-    with pytest.raises(TransformError, match=r"(?s)Caught TransformError in DataLoader worker.*transform test_errors_rows\.test_broken_transform_in_a_worker_is_named\.<locals>\.<lambda> \(test_errors_rows\.py:\d+\) returned columns of unequal length"):
+    with pytest.raises(
+        TransformError,
+        match=r"(?s)Caught TransformError in DataLoader worker.*transform test_errors_rows\.test_broken_transform_in_a_worker_is_named\.<locals>\.<lambda> \(test_errors_rows\.py:\d+\) returned columns of unequal length",
+    ):
         batches(forty, transform=lambda b: {"total": [sum(b["id"])]}, num_workers=1)
 
 
@@ -124,7 +146,9 @@ def test_a_row_that_raises_is_still_a_bad_row(forty):
             raise ValueError("row 7 is bad")
         return batch
 
-    with pytest.raises(RowError, match=r"bad row in .*forty.parquet row 7: ValueError: row 7 is bad \(pass on_error='skip'"):
+    with pytest.raises(
+        RowError, match=r"bad row in .*forty.parquet row 7: ValueError: row 7 is bad \(pass on_error='skip'"
+    ):
         batches(forty, transform=no_row_7)
     assert [len(b["id"]) for b in batches(forty, transform=no_row_7, on_error="skip")] == [9, 10, 10, 10]
 
@@ -144,8 +168,13 @@ def keep_none(batch):
 def test_filter_removing_every_row_fails_the_fit(forty, tmp_path):
     dm = StreamingDataModule(train=forty, filter=keep_none, batch_size=10)
     trainer = pl.Trainer(
-        max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-        enable_checkpointing=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        default_root_dir=tmp_path,
     )
     message = r"epoch 0 of .*forty.parquet trained 0 steps where len\(\) said 4: of the 40 rows it read, 40 were removed by filter test_errors_rows\.keep_none \(test_errors_rows\.py:\d+\)"
     with pytest.raises(EmptyEpochError, match=message):
@@ -157,14 +186,22 @@ def test_every_row_skipped_is_an_error_with_the_first_culprits(forty):
     def broken(batch):
         return {"n": [t.size for t in batch["text"]]}  # str has no .size: fails on every row
 
-    with pytest.raises(EmptyEpochError, match=r"of the 40 rows it read, 40 were skipped as bad rows: first culprits: \S*forty.parquet row 0: AttributeError: 'str' object has no attribute 'size'; .*row 1: .*run with on_error='raise'"):
+    with pytest.raises(
+        EmptyEpochError,
+        match=r"of the 40 rows it read, 40 were skipped as bad rows: first culprits: \S*forty.parquet row 0: AttributeError: 'str' object has no attribute 'size'; .*row 1: .*run with on_error='raise'",
+    ):
         batches(forty, transform=broken, on_error="skip")
 
 
 def test_flood_of_skips_stops_before_the_epoch_ends(tmp_path):
     path = written(tmp_path, "big", {"id": list(range(3000))})
-    loader = StreamingDataModule(train=path, transform=lambda b: {"n": [1 / 0 for _ in b["id"]]}, batch_size=100, shuffle=False, on_error="skip").train_dataloader()
-    with pytest.raises(EmptyEpochError, match=r"its first 1000 rows were all skipped as bad rows, none trained; first culprits: \S*big.parquet row 0: ZeroDivisionError"):
+    loader = StreamingDataModule(
+        train=path, transform=lambda b: {"n": [1 / 0 for _ in b["id"]]}, batch_size=100, shuffle=False, on_error="skip"
+    ).train_dataloader()
+    with pytest.raises(
+        EmptyEpochError,
+        match=r"its first 1000 rows were all skipped as bad rows, none trained; first culprits: \S*big.parquet row 0: ZeroDivisionError",
+    ):
         list(loader)
     assert loader.stats.rows_read < 3000  # stopped early, not at the end of the epoch
 
@@ -211,7 +248,10 @@ def test_collate_fn_bug_in_a_worker_is_reported_as_itself(forty):
     def collate(rows):
         return {"mean": sum(r["id"] for r in rows) / 0}
 
-    with pytest.raises(ZeroDivisionError, match=r"(?s)Caught ZeroDivisionError in DataLoader worker process.*raised by collate_fn test_errors_rows\..*collate"):
+    with pytest.raises(
+        ZeroDivisionError,
+        match=r"(?s)Caught ZeroDivisionError in DataLoader worker process.*raised by collate_fn test_errors_rows\..*collate",
+    ):
         batches(forty, collate_fn=collate, num_workers=2)
 
 
@@ -234,17 +274,25 @@ def test_worker_that_exits_is_not_called_killed(forty):
     proc = subprocess.run([sys.executable, "-c", _EXITING_WORKER, forty], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
-    assert re.search(r"a DataLoader worker reading .*forty.parquet died \(exit code 3, no exception\)", last), proc.stderr[-2000:]
+    assert re.search(r"a DataLoader worker reading .*forty.parquet died \(exit code 3, no exception\)", last), (
+        proc.stderr[-2000:]
+    )
     assert "out-of-memory" not in last and "killed" not in last
 
 
 # -- 4. nulls in numeric columns -----------------------------------------------------------------------
 NULLS = {
-    "float": ([1.0, None, 2.0, 3.0], r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 1; a tensor holds no null: fill it"),
+    "float": (
+        [1.0, None, 2.0, 3.0],
+        r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 1; a tensor holds no null: fill it",
+    ),
     "int first": ([None, 1, 2, 3], r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 0"),
     "int later": ([1, 2, None, None], r"column 'x' is null \(None\) in 2 of the batch's 4 rows, first in row 2"),
     "bool": ([True, None, False, True], r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 1"),
-    "list": ([[1, 2], None, [3, 4], [5, 6]], r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 1;"),
+    "list": (
+        [[1, 2], None, [3, 4], [5, 6]],
+        r"column 'x' is null \(None\) in 1 of the batch's 4 rows, first in row 1;",
+    ),
     "inside a list": ([[1.0, 2.0], [3.0, None], [3.0, 4.0], [5.0, 6.0]], r"first in row 1 \(at index \[1\]\)"),
 }
 
@@ -254,7 +302,9 @@ NULLS = {
 def test_null_in_a_numeric_column_names_the_column(tmp_path, case, batch_format):
     values, message = NULLS[case]
     path = written(tmp_path, "nulls", {"x": values})
-    with pytest.raises(ValueError, match=message + r".*drop such rows with a filter, or pass a collate_fn that handles None"):
+    with pytest.raises(
+        ValueError, match=message + r".*drop such rows with a filter, or pass a collate_fn that handles None"
+    ):
         batches(path, batch_format=batch_format)
 
 
@@ -269,7 +319,9 @@ def test_a_null_filled_with_a_mask_collates(tmp_path):
 def test_string_among_numbers_names_the_column(tmp_path, values, row):
     path = written(tmp_path, "na", {"x": values})
     to_numbers = lambda b: {"x": [float(v) if v != "n/a" else v for v in b["x"]]}  # noqa: E731
-    with pytest.raises(ValueError, match=rf"column 'x' holds 'n/a' \(str\) in row {row} of the batch, among numbers; convert it"):
+    with pytest.raises(
+        ValueError, match=rf"column 'x' holds 'n/a' \(str\) in row {row} of the batch, among numbers; convert it"
+    ):
         batches(path, transform=to_numbers)
 
 
@@ -345,18 +397,31 @@ def test_ddp_validation_of_rows_that_do_not_divide_over_ranks(tmp_path):
     script = tmp_path / "ddp_val.py"
     script.write_text(_DDP_VAL)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, str(script), path, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    proc = subprocess.run(
+        [sys.executable, str(script), path, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
-    per_rank = [[row for line in open(tmp_path / f"val-rank{r}.jsonl") for row in __import__("json").loads(line)] for r in (0, 1)]
+    per_rank = [
+        [row for line in open(tmp_path / f"val-rank{r}.jsonl") for row in __import__("json").loads(line)]
+        for r in (0, 1)
+    ]
     assert per_rank == [[0, 1, 2], [3, 4]]  # every row once, no pad; rank 1 one step fewer
 
 
 # -- 6. arguments are checked at construction ----------------------------------------------------------
 ARGUMENTS = [
-    ({"val_batch_size": -1}, ValueError, r"StreamingDataModule\(val_batch_size=-1\): val_batch_size must be None \(batch_size\) or an int >= 1"),
+    (
+        {"val_batch_size": -1},
+        ValueError,
+        r"StreamingDataModule\(val_batch_size=-1\): val_batch_size must be None \(batch_size\) or an int >= 1",
+    ),
     ({"val_batch_size": 0}, ValueError, r"val_batch_size must be None \(batch_size\) or an int >= 1"),
     ({"prefetch_factor": 0}, ValueError, r"prefetch_factor must be None \(torch's 2\) or an int >= 1"),
-    ({"batch_size": "32"}, TypeError, r"StreamingDataModule\(batch_size='32'\): batch_size must be an int >= 1, got a str"),
+    (
+        {"batch_size": "32"},
+        TypeError,
+        r"StreamingDataModule\(batch_size='32'\): batch_size must be an int >= 1, got a str",
+    ),
     ({"batch_size": True}, TypeError, r"batch_size must be an int >= 1, got a bool"),
     ({"num_workers": 1.5}, TypeError, r"num_workers must be an int >= 0, got a float"),
     ({"buffer_size": None}, TypeError, r"buffer_size must be an int >= 1, got None"),
@@ -369,17 +434,31 @@ ARGUMENTS = [
 ]
 
 
-@pytest.mark.parametrize("kwargs,kind,message", ARGUMENTS, ids=[next(iter(a[0])) + "=" + repr(next(iter(a[0].values()))) for a in ARGUMENTS])
+@pytest.mark.parametrize(
+    "kwargs,kind,message", ARGUMENTS, ids=[next(iter(a[0])) + "=" + repr(next(iter(a[0].values()))) for a in ARGUMENTS]
+)
 def test_arguments_are_checked_at_construction(kwargs, kind, message):
     with pytest.raises(kind, match=message):
         StreamingDataModule(train="x.parquet", **kwargs)
 
 
-@pytest.mark.parametrize("text,said", [
-    ("DataLoader worker (pid 12) is killed by signal: Killed. ", r"died \(killed by SIGKILL\): most often the out-of-memory killer"),
-    ("DataLoader worker (pid 12) is killed by signal: Bus error. ", r"died \(killed by SIGBUS\): most often too little shared memory"),
-    ("DataLoader worker (pid 12) is killed by signal: Segmentation fault. ", r"died \(killed by SIGSEGV\): a crash in native code"),
-])
+@pytest.mark.parametrize(
+    "text,said",
+    [
+        (
+            "DataLoader worker (pid 12) is killed by signal: Killed. ",
+            r"died \(killed by SIGKILL\): most often the out-of-memory killer",
+        ),
+        (
+            "DataLoader worker (pid 12) is killed by signal: Bus error. ",
+            r"died \(killed by SIGBUS\): most often too little shared memory",
+        ),
+        (
+            "DataLoader worker (pid 12) is killed by signal: Segmentation fault. ",
+            r"died \(killed by SIGSEGV\): a crash in native code",
+        ),
+    ],
+)
 def test_worker_death_names_the_signal_torch_reports(text, said):
     from lightning_stream.worker_exit import worker_death
 

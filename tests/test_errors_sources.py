@@ -15,11 +15,11 @@ import textwrap
 import threading
 import time
 
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import datasets
 from lightning_stream import Mix, Source, StateMismatchError, StreamingDataModule
 from lightning_stream.loader import StreamingDataLoader
 
@@ -125,13 +125,17 @@ def test_hub_behind_a_silent_network_fails_in_bounded_time_naming_source_and_end
 
 def test_no_network_fails_fast(refused_endpoint):
     out, took = run_hub(refused_endpoint)
-    assert out.returncode == 3 and "did not answer" in out.stdout and "someone/some-dataset" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert out.returncode == 3 and "did not answer" in out.stdout and "someone/some-dataset" in out.stdout, (
+        out.stdout + out.stderr[-2000:]
+    )
     assert took < 30, took
 
 
 def test_offline_mode_asks_nothing_and_says_so(silent_endpoint, tmp_path):
     out, took = run_hub(silent_endpoint, HF_HUB_OFFLINE="1", HF_DATASETS_CACHE=str(tmp_path))
-    assert out.returncode == 3 and "HF_HUB_OFFLINE is set" in out.stdout and "someone/some-dataset" in out.stdout, out.stdout + out.stderr[-2000:]
+    assert out.returncode == 3 and "HF_HUB_OFFLINE is set" in out.stdout and "someone/some-dataset" in out.stdout, (
+        out.stdout + out.stderr[-2000:]
+    )
     assert took < 30, took
 
 
@@ -140,7 +144,9 @@ def test_sigterm_ends_a_wait_on_the_hub(silent_endpoint):
     script = "import signal; signal.signal(signal.SIGTERM, lambda *a: print('NOTED', flush=True))\n" + OPEN_HUB_ID
     environ = dict(os.environ, HF_ENDPOINT=silent_endpoint)
     environ.pop("HF_HUB_OFFLINE", None)
-    proc = subprocess.Popen([sys.executable, "-c", script], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], env=environ, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     time.sleep(8)  # imports done, waiting on the first try (10 s)
     proc.send_signal(signal.SIGTERM)
     began = time.monotonic()
@@ -168,7 +174,9 @@ def test_shard_rewritten_with_same_name_and_row_count_is_refused_on_resume(tmp_p
     path = str(tmp_path / f"shard.{kind}")
 
     def write(offset: int) -> None:
-        table = pa.table({"id": list(range(offset, offset + 40)), "text": [f"row {i}" for i in range(offset, offset + 40)]})
+        table = pa.table(
+            {"id": list(range(offset, offset + 40)), "text": [f"row {i}" for i in range(offset, offset + 40)]}
+        )
         if kind == "parquet":
             pq.write_table(table, path)
         elif kind == "jsonl":
@@ -192,8 +200,13 @@ def test_a_file_appearing_in_the_glob_mid_run_is_read_by_no_process(tmp_path):
     # Listed once in the main process: workers (not persistent: started again each epoch) read that list.
     for i in range(2):
         write_jsonl(tmp_path / f"part-{i}.jsonl", 100 * i, 100 * i + 100)
-    dm = StreamingDataModule(train=Source(path="json", data_files=str(tmp_path / "part-*.jsonl")), batch_size=10, num_workers=2, shuffle=True,
-                             persistent_workers=False)
+    dm = StreamingDataModule(
+        train=Source(path="json", data_files=str(tmp_path / "part-*.jsonl")),
+        batch_size=10,
+        num_workers=2,
+        shuffle=True,
+        persistent_workers=False,
+    )
     dl = dm.train_dataloader()
     first = [i for b in dl for i in b["id"].tolist()]
     write_jsonl(tmp_path / "part-2.jsonl", 200, 331)
@@ -296,7 +309,9 @@ def test_ragged_csv_row_names_the_file(tmp_path):
 def test_folder_without_data_files_says_what_it_found(tmp_path):
     for name in ("model.pt", "optimizer.pt", "README.md"):
         (tmp_path / name).write_bytes(b"x")
-    with pytest.raises(FileNotFoundError, match=r"no supported data files in folder .* \(found: \.pt \(2\), \.md \(1\)\)") as err:
+    with pytest.raises(
+        FileNotFoundError, match=r"no supported data files in folder .* \(found: \.pt \(2\), \.md \(1\)\)"
+    ) as err:
         loader(str(tmp_path))
     assert "data_files" in str(err.value)
 
@@ -304,7 +319,10 @@ def test_folder_without_data_files_says_what_it_found(tmp_path):
 def test_mixed_parquet_schemas_name_the_column(tmp_path):
     pq.write_table(pa.table({"id": [1, 2], "text": ["a", "b"]}), tmp_path / "a.parquet")
     pq.write_table(pa.table({"id": ["1", "2"], "text": ["a", "b"]}), tmp_path / "b.parquet")
-    with pytest.raises(ValueError, match=r"b.parquet has a different schema .*column 'id' is int64 in .*a.parquet but string in .*b.parquet"):
+    with pytest.raises(
+        ValueError,
+        match=r"b.parquet has a different schema .*column 'id' is int64 in .*a.parquet but string in .*b.parquet",
+    ):
         loader(Source(path="parquet", data_files=str(tmp_path / "*.parquet")))
 
 

@@ -47,10 +47,24 @@ def latest_checkpoint(directory):
 
 
 def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir):
-    common = ["--train", os.path.join(data_dir, "disk"), "--devices", "1", "--workers", "2", "--max-epochs", "2",
-              "--batch-size", "16", "--step-sleep", "0.02"]
+    common = [
+        "--train",
+        os.path.join(data_dir, "disk"),
+        "--devices",
+        "1",
+        "--workers",
+        "2",
+        "--max-epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--step-sleep",
+        "0.02",
+    ]
     full_out = tmp_path / "full"
-    subprocess.run([sys.executable, SCRIPT, "--out", str(full_out), *common], check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, SCRIPT, "--out", str(full_out), *common], check=True, capture_output=True, timeout=300
+    )
     full = records(full_out / "train-rank0.jsonl")
     assert len(full) == 126
     by_step = {step: (epoch, ids) for epoch, step, ids in full}
@@ -62,7 +76,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir):
         start_step, ckpt = latest_checkpoint(str(ckpt_dir))
         log = out / f"segment-{len(segments)}"
         args = [sys.executable, SCRIPT, "--out", str(log), *common, "--ckpt-every", "4"]
-        proc = subprocess.Popen(args + (["--resume", ckpt] if ckpt else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            args + (["--resume", ckpt] if ckpt else []), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         target = start_step + rng.randint(2, 12) if kills < 12 else None
         while proc.poll() is None:
             recs = records(log / "train-rank0.jsonl")

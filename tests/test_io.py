@@ -34,7 +34,9 @@ MAX_RATIO = 1.3
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     if bench.readcount.find_strace() is None:
-        pytest.skip("strace not found or ptrace not permitted: the read volume is counted with `strace -f` (apt-get install strace)")
+        pytest.skip(
+            "strace not found or ptrace not permitted: the read volume is counted with `strace -f` (apt-get install strace)"
+        )
     root = tmp_path_factory.mktemp("io")
     data = str(root / "data")
     bench.make_data(data, rows=ROWS, text_bytes=1000, kinds=("parquet", "jsonl"))
@@ -43,8 +45,17 @@ def runs(tmp_path_factory):
     def run(source, devices, workers):
         key = (source, devices, workers)
         if key not in cache:
-            cache[key] = bench.measure("lightning_stream", source, data, devices=devices, workers=workers, batch_size=BATCH,
-                                       buffer_size=BUFFER, timeout=240, out=str(root / f"{source}-{devices}x{workers}"))
+            cache[key] = bench.measure(
+                "lightning_stream",
+                source,
+                data,
+                devices=devices,
+                workers=workers,
+                batch_size=BATCH,
+                buffer_size=BUFFER,
+                timeout=240,
+                out=str(root / f"{source}-{devices}x{workers}"),
+            )
         return cache[key]
 
     return run
@@ -58,9 +69,11 @@ def _check_epoch(res):
 
 def _report(res):
     tasks = ", ".join(f"{n / res['size']:.2f}" for n in res["per_task"] if n)
-    return (f"{res['source']} {res['devices']} ranks x {res['workers']} workers read {res['read']:,} B of data files = "
-            f"{res['ratio']:.2f}x their {res['size']:,} B (limit {MAX_RATIO}x; lightning_stream from {res['package']}); "
-            f"per process or thread, in data sizes: {tasks}")
+    return (
+        f"{res['source']} {res['devices']} ranks x {res['workers']} workers read {res['read']:,} B of data files = "
+        f"{res['ratio']:.2f}x their {res['size']:,} B (limit {MAX_RATIO}x; lightning_stream from {res['package']}); "
+        f"per process or thread, in data sizes: {tasks}"
+    )
 
 
 @pytest.mark.parametrize("source", ["parquet", "jsonl"])
@@ -76,4 +89,6 @@ def test_ddp_batches_mix_as_many_row_groups_as_one_reader(runs):
     ref, ddp = runs("parquet", 1, 0), runs("parquet", 2, 2)
     _check_epoch(ddp)
     want, got = bench.row_groups_per_batch(ref["batches"], BATCH), bench.row_groups_per_batch(ddp["batches"], BATCH)
-    assert got >= 0.95 * want, f"distinct row groups per batch of {BATCH}: {got:.2f} under DDP 2x2, {want:.2f} with one reader"
+    assert got >= 0.95 * want, (
+        f"distinct row groups per batch of {BATCH}: {got:.2f} under DDP 2x2, {want:.2f} with one reader"
+    )

@@ -4,12 +4,11 @@ import os
 from collections import Counter
 
 import pytest
+from conftest import write_parquet
 
 from lightning_stream import Mix, Source, StreamingDataModule
 from lightning_stream.stores.mixture import mixture_counts
 from lightning_stream.testing import assert_resume_equivalent
-
-from conftest import write_parquet
 
 
 @pytest.fixture(scope="module")
@@ -45,17 +44,28 @@ def test_epoch_realises_the_mixture(three_sources, strategy):
     # interleaved, not concatenated: every quarter of the epoch has rows from every source
     quarter = len(ids) // 4
     for q in range(4):
-        assert len({i // 1000 for i in ids[q * quarter:(q + 1) * quarter]}) == 3
+        assert len({i // 1000 for i in ids[q * quarter : (q + 1) * quarter]}) == 3
 
 
 @pytest.mark.parametrize(
     "strategy,num_workers,shuffle",
-    [("first_exhausted", 2, True), ("all_exhausted", 0, True), ("first_exhausted", 0, False), ("all_exhausted", 2, False)],
+    [
+        ("first_exhausted", 2, True),
+        ("all_exhausted", 0, True),
+        ("first_exhausted", 0, False),
+        ("all_exhausted", 2, False),
+    ],
 )
 def test_mixture_resume_is_exact(tmp_path, three_sources, strategy, num_workers, shuffle):
     def make():
-        mix = Mix([Source(path="parquet", data_files=p) for p in three_sources], probabilities=[0.5, 0.3, 0.2], stopping_strategy=strategy)
-        return StreamingDataModule(train=mix, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=64, seed=8)
+        mix = Mix(
+            [Source(path="parquet", data_files=p) for p in three_sources],
+            probabilities=[0.5, 0.3, 0.2],
+            stopping_strategy=strategy,
+        )
+        return StreamingDataModule(
+            train=mix, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=64, seed=8
+        )
 
     report = assert_resume_equivalent(make, stop_at_step=40, tmp_path=str(tmp_path), max_epochs=3)
     assert len(report.after_resume) > 0
@@ -72,7 +82,6 @@ def test_mixture_of_different_columns_is_refused(three_sources, tmp_path):
 
 
 def test_mix_from_yaml_and_counts_logged(tmp_path, three_sources):
-    import lightning.pytorch as pl
 
     from lightning_stream.cli import StreamingCLI
 

@@ -1,13 +1,11 @@
 """The ``datasets`` objects users already hold, passed as they are: Dataset, DatasetDict, IterableDataset."""
 
-import os
-
+import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-import datasets
 from lightning_stream import DatasetSource, Source, StreamingDataModule
 from lightning_stream.stores import ChainStore, open_store
 from lightning_stream.testing import assert_resume_equivalent
@@ -42,7 +40,9 @@ def test_resume_is_exact_with_a_datasets_object(tmp_path, disk, kind, num_worker
             "Dataset": lambda: dd["train"],
             "DatasetDict": lambda: dd,
             # The recipe of the datasets docs: to_iterable_dataset, then a batched map with fn_kwargs.
-            "IterableDataset": lambda: dd["train"].to_iterable_dataset(num_shards=8).map(tokenize, batched=True, fn_kwargs={"prefix_len": 3}),
+            "IterableDataset": lambda: (
+                dd["train"].to_iterable_dataset(num_shards=8).map(tokenize, batched=True, fn_kwargs={"prefix_len": 3})
+            ),
         }[kind]()
         return StreamingDataModule(train=train, batch_size=16, num_workers=num_workers, shuffle=True, buffer_size=64)
 
@@ -82,7 +82,8 @@ def test_the_chain_runs_once_per_row_and_never_on_rows_a_resume_skips(disk, tmp_
 
 def test_column_ops_filter_and_cast_run_as_datasets_runs_them(disk):
     ids = (
-        datasets.load_from_disk(disk)["train"].to_iterable_dataset(num_shards=2)
+        datasets.load_from_disk(disk)["train"]
+        .to_iterable_dataset(num_shards=2)
         .filter(lambda row: row["id"] % 3 == 0)
         .rename_column("text", "sentence")
         .remove_columns(["sentence"])
@@ -98,7 +99,9 @@ def test_column_ops_filter_and_cast_run_as_datasets_runs_them(disk):
 
 def test_a_parquet_stream_object_is_read_by_index(tmp_path):
     for k in range(3):
-        pq.write_table(pa.table({"id": list(range(k * 100, k * 100 + 100))}), str(tmp_path / f"p{k}.parquet"), row_group_size=25)
+        pq.write_table(
+            pa.table({"id": list(range(k * 100, k * 100 + 100))}), str(tmp_path / f"p{k}.parquet"), row_group_size=25
+        )
     stream = datasets.load_dataset("parquet", data_files=str(tmp_path / "p*.parquet"), split="train", streaming=True)
     dm = StreamingDataModule(train=stream.map(lambda r: {"plus": r["id"] + 1}), batch_size=10, num_workers=2)
     loader = dm.train_dataloader()
@@ -120,7 +123,10 @@ def test_a_datasetdict_without_the_split_names_the_splits(disk):
         StreamingDataModule(train=datasets.load_from_disk(disk), test=datasets.load_from_disk(disk))
 
 
-@pytest.mark.parametrize("split, expected", [("train[:90%]", range(0, 540)), ("train[100:]", range(100, 600)), ("train[-50:]", range(550, 600))])
+@pytest.mark.parametrize(
+    "split, expected",
+    [("train[:90%]", range(0, 540)), ("train[100:]", range(100, 600)), ("train[-50:]", range(550, 600))],
+)
 def test_split_slicing_for_every_source_that_knows_its_length(disk, tmp_path, split, expected):
     pq.write_table(pa.table({"id": list(range(600))}), str(tmp_path / "all.parquet"), row_group_size=64)
     for source in (
@@ -135,7 +141,9 @@ def test_split_slicing_for_every_source_that_knows_its_length(disk, tmp_path, sp
 def test_slicing_a_stream_is_refused_naming_the_source(tmp_path):
     path = tmp_path / "a.jsonl"
     path.write_text("".join(f'{{"id": {i}}}\n' for i in range(10)))
-    with pytest.raises(ValueError, match=r"split='train\[:50%\]' slices rows, which needs a source that knows its length"):
+    with pytest.raises(
+        ValueError, match=r"split='train\[:50%\]' slices rows, which needs a source that knows its length"
+    ):
         StreamingDataModule(train=Source(path="json", data_files=str(path), split="train[:50%]")).train_dataloader()
 
 
@@ -162,8 +170,12 @@ def _generated(n):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_a_generator_iterable_dataset_is_read_as_a_stream_and_resumes_exactly(tmp_path, num_workers):
     def make():
-        ids = datasets.IterableDataset.from_generator(_generated, gen_kwargs={"n": 300}).map(lambda r: {"n": len(r["text"])})
-        return StreamingDataModule(train=ids.shuffle(seed=5, buffer_size=50), batch_size=16, num_workers=num_workers, buffer_size=64)
+        ids = datasets.IterableDataset.from_generator(_generated, gen_kwargs={"n": 300}).map(
+            lambda r: {"n": len(r["text"])}
+        )
+        return StreamingDataModule(
+            train=ids.shuffle(seed=5, buffer_size=50), batch_size=16, num_workers=num_workers, buffer_size=64
+        )
 
     assert_resume_equivalent(make, stop_at_step=7, tmp_path=str(tmp_path), max_epochs=2)
     batches = list(make().train_dataloader())

@@ -33,7 +33,7 @@ def test_window_mixes_rows_across_blocks():
     # Blocks of 10 rows, window 50: each window draws rows from 5 different blocks.
     rows = epoch_rows([10] * 20, seed=1, epoch=0, shuffle=True, window=50)
     for w in range(4):
-        blocks = set((rows[w * 50:(w + 1) * 50] // 10).tolist())
+        blocks = set((rows[w * 50 : (w + 1) * 50] // 10).tolist())
         assert len(blocks) == 5
 
 
@@ -53,7 +53,12 @@ from lightning_stream.order import Lanes, block_permutation, window_permutation 
 def reference_one_lane(lengths, seed, epoch, window):
     """The order before lanes existed: shuffled blocks, then rows shuffled in windows of the sequence."""
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-    seq = np.concatenate([np.arange(starts[b], starts[b] + lengths[b]) for b in block_permutation(len(lengths), seed=seed, epoch=epoch, shuffle=True)])
+    seq = np.concatenate(
+        [
+            np.arange(starts[b], starts[b] + lengths[b])
+            for b in block_permutation(len(lengths), seed=seed, epoch=epoch, shuffle=True)
+        ]
+    )
     out = []
     for w in range(0, len(seq), window):
         part = seq[w : w + window]
@@ -107,7 +112,9 @@ def test_each_block_is_read_by_one_reader_when_lanes_match_the_readers(world, wo
     # Lane boundaries cut at most lanes - 1 blocks; the tail (< lanes * (batch + 1) rows) a few more.
     assert reads <= len(lengths) + 2 * lanes, reads
     single = EpochOrder(lengths, seed=0, epoch=1, shuffle=True, window=1000, lanes=1, batch_size=batch_size)
-    assert sum(len(b) for b in blocks_per_reader(single, lengths, batch_size, world, workers).values()) > 3 * len(lengths)
+    assert sum(len(b) for b in blocks_per_reader(single, lengths, batch_size, world, workers).values()) > 3 * len(
+        lengths
+    )
 
 
 def test_a_batch_still_draws_from_a_whole_window():

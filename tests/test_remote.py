@@ -28,7 +28,11 @@ def served(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("remote"))
     for i in range(FILES):
         ids = list(range(i * ROWS, (i + 1) * ROWS))
-        pq.write_table(pa.table({"id": ids, "text": [f"{j:06d} " + "x" * 300 for j in ids]}), os.path.join(root, f"part-{i}.parquet"), row_group_size=GROUP)
+        pq.write_table(
+            pa.table({"id": ids, "text": [f"{j:06d} " + "x" * 300 for j in ids]}),
+            os.path.join(root, f"part-{i}.parquet"),
+            row_group_size=GROUP,
+        )
     with RangeServer(root) as server:
         yield server, root
 
@@ -37,7 +41,9 @@ def test_each_row_group_is_fetched_once_by_its_reader(served):
     server, root = served
     urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
     server.reset()
-    dm = StreamingDataModule(train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=2, buffer_size=500, seed=1)
+    dm = StreamingDataModule(
+        train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=2, buffer_size=500, seed=1
+    )
     ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
     dm.teardown("fit")
     assert sorted(ids) == list(range(FILES * ROWS))
@@ -59,7 +65,10 @@ def test_neighbouring_row_groups_share_a_request_up_to_max_request_bytes(served)
     they come in few requests, none larger than ``max_request_bytes`` (unless one row group is)."""
     server, root = served
     urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
-    group_bytes = max(pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata.row_group(g).total_byte_size for g in range(ROWS // GROUP))
+    group_bytes = max(
+        pq.ParquetFile(os.path.join(root, "part-0.parquet")).metadata.row_group(g).total_byte_size
+        for g in range(ROWS // GROUP)
+    )
     cap = 8 * group_bytes
     server.reset()
     src = Source(path="parquet", data_files=urls, remote=Remote(max_request_bytes=cap))
@@ -68,7 +77,9 @@ def test_neighbouring_row_groups_share_a_request_up_to_max_request_bytes(served)
     dm.teardown("fit")
     assert sorted(ids) == list(range(FILES * ROWS))
     data_requests = sum(server.requests.values()) - FILES  # the footers
-    assert data_requests <= FILES * (ROWS // GROUP) // 3, f"{data_requests} requests for {FILES * ROWS // GROUP} row groups"
+    assert data_requests <= FILES * (ROWS // GROUP) // 3, (
+        f"{data_requests} requests for {FILES * ROWS // GROUP} row groups"
+    )
     assert server.largest <= cap
 
 
@@ -83,7 +94,9 @@ def _store_with_budget(served, monkeypatch, groups: int):
     group = max(end - start for start, end in (row_group_span(meta, g, None) for g in range(meta.num_row_groups)))
     monkeypatch.setattr(parquet, "_AHEAD_BYTES", groups * group)
     urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
-    return parquet.ParquetStore(Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP), group
+    return parquet.ParquetStore(
+        Source(path="parquet", data_files=urls, remote=Remote(read_ahead=32)), cache_rows=GROUP
+    ), group
 
 
 def test_the_bytes_fetched_ahead_are_bounded(served, monkeypatch):
@@ -180,7 +193,9 @@ def test_a_filesystem_without_an_event_loop_reads_ahead_with_threads():
             pq.write_table(pa.table({"id": list(range(i * 1000, (i + 1) * 1000))}), f, row_group_size=50)
         urls.append(f"memory://lightning_stream_test/part-{i}.parquet")
     try:
-        dm = StreamingDataModule(train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=0, buffer_size=200, seed=5)
+        dm = StreamingDataModule(
+            train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=0, buffer_size=200, seed=5
+        )
         ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
         dm.teardown("fit")
     finally:
@@ -232,7 +247,9 @@ def test_resume_over_http_is_exact(served, tmp_path):
     urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
 
     def make():
-        return StreamingDataModule(train=Source(path="parquet", data_files=urls), batch_size=64, num_workers=2, buffer_size=500, seed=4)
+        return StreamingDataModule(
+            train=Source(path="parquet", data_files=urls), batch_size=64, num_workers=2, buffer_size=500, seed=4
+        )
 
     report = assert_resume_equivalent(make, stop_at_step=150, tmp_path=str(tmp_path), max_epochs=2)
     assert len(report.after_resume) == 2 * (FILES * ROWS // 64 + 1) - 150
@@ -274,11 +291,17 @@ def test_large_footers_take_one_request_each_once_one_is_known(tmp_path):
     n = parquet._OPENING_THREADS + 8
     for f in range(n):
         ids = list(range(f * 600, (f + 1) * 600))
-        pq.write_table(pa.table({"id": ids, "text": [f"{j:06d}" + "y" * 300 for j in ids]}), str(tmp_path / f"p{f:02d}.parquet"), row_group_size=2)
+        pq.write_table(
+            pa.table({"id": ids, "text": [f"{j:06d}" + "y" * 300 for j in ids]}),
+            str(tmp_path / f"p{f:02d}.parquet"),
+            row_group_size=2,
+        )
     footer = pq.ParquetFile(str(tmp_path / "p00.parquet")).metadata.serialized_size
     assert footer > parquet._TAIL_BYTES  # a footer larger than the first fetch
     with RangeServer(str(tmp_path)) as server:
-        store = parquet.ParquetStore(Source(path="parquet", data_files=[f"{server.url}/p{f:02d}.parquet" for f in range(n)]))
+        store = parquet.ParquetStore(
+            Source(path="parquet", data_files=[f"{server.url}/p{f:02d}.parquet" for f in range(n)])
+        )
         gets = sum(server.requests.values())
     assert store.num_rows == 600 * n
     assert gets <= n + parquet._OPENING_THREADS, f"{gets} requests for {n} footers of {footer:,} B"

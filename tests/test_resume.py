@@ -18,7 +18,9 @@ STEPS_PER_EPOCH = 63
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_resume_is_exact(tmp_path, source, num_workers, shuffle, stop_at_step):
     def make():
-        return StreamingDataModule(train=source, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=3)
+        return StreamingDataModule(
+            train=source, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=3
+        )
 
     report = assert_resume_equivalent(make, stop_at_step=stop_at_step, tmp_path=str(tmp_path), max_epochs=3)
     assert len(report.uninterrupted) == 3 * STEPS_PER_EPOCH
@@ -28,7 +30,12 @@ def test_resume_is_exact(tmp_path, source, num_workers, shuffle, stop_at_step):
 def test_resume_with_persistent_workers_and_accumulation(tmp_path, data_dir):
     def make():
         return StreamingDataModule(
-            train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2, persistent_workers=True, buffer_size=64, seed=5
+            train=os.path.join(data_dir, "disk"),
+            batch_size=16,
+            num_workers=2,
+            persistent_workers=True,
+            buffer_size=64,
+            seed=5,
         )
 
     assert_resume_equivalent(make, stop_at_step=40, tmp_path=str(tmp_path), max_epochs=3, accumulate_grad_batches=2)
@@ -49,7 +56,10 @@ def test_resume_with_max_steps_and_lr_schedule_sized_from_length(tmp_path, sourc
         def configure_optimizers(self):
             opt = torch.optim.SGD(self.parameters(), lr=0.1)
             total = self.trainer.estimated_stepping_batches
-            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=total)}
+            return {
+                "optimizer": opt,
+                "lr_scheduler": torch.optim.lr_scheduler.LinearLR(opt, 1.0, 0.1, total_iters=total),
+            }
 
     def make():
         return StreamingDataModule(train=source, batch_size=16, num_workers=2, buffer_size=100)
@@ -59,7 +69,9 @@ def test_resume_with_max_steps_and_lr_schedule_sized_from_length(tmp_path, sourc
 
 def fit_and_save(tmp_path, data_dir, steps):
     dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=steps, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    t = pl.Trainer(
+        accelerator="cpu", logger=False, max_steps=steps, default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
     t.fit(IdModel(), datamodule=dm)
     path = os.path.join(str(tmp_path), f"step{steps}.ckpt")
     t.save_checkpoint(path)
@@ -80,20 +92,28 @@ def test_checkpoint_holds_a_small_plain_state(tmp_path, data_dir):
 def test_checkpoint_from_other_data_is_refused(tmp_path, data_dir):
     path = fit_and_save(tmp_path, data_dir, 5)
 
-    other = StreamingDataModule(train=Source(path="parquet", data_files=os.path.join(data_dir, "one.parquet")), batch_size=16)
-    t2 = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    other = StreamingDataModule(
+        train=Source(path="parquet", data_files=os.path.join(data_dir, "one.parquet")), batch_size=16
+    )
+    t2 = pl.Trainer(
+        accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
     with pytest.raises(StateMismatchError, match="other data"):
         t2.fit(IdModel(), datamodule=other, ckpt_path=path)
 
     reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9)
-    t3 = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False)
+    t3 = pl.Trainer(
+        accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
     with pytest.raises(StateMismatchError, match="seed"):
         t3.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
 
 
 def test_loader_state_dict_without_trainer(data_dir):
     def loader():
-        return StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=10, num_workers=2, buffer_size=50).train_dataloader()
+        return StreamingDataModule(
+            train=os.path.join(data_dir, "disk"), batch_size=10, num_workers=2, buffer_size=50
+        ).train_dataloader()
 
     full = [b["id"].tolist() for b in loader()]
     first = loader()
@@ -112,7 +132,9 @@ def test_stream_resume_is_exact(tmp_path, jsonl_dir, num_workers, shuffle):
 
     def make():
         src = Source(path="json", data_files=os.path.join(jsonl_dir, "*.jsonl.gz"))
-        return StreamingDataModule(train=src, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=2)
+        return StreamingDataModule(
+            train=src, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=2
+        )
 
     report = assert_resume_equivalent(make, stop_at_step=80, tmp_path=str(tmp_path), max_epochs=2)
     assert len(report.uninterrupted) == 2 * 63
@@ -122,7 +144,9 @@ def test_stream_resume_is_exact(tmp_path, jsonl_dir, num_workers, shuffle):
 
 
 def loader_of(data_dir, **kw):
-    return StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=10, buffer_size=50, seed=4, **kw).train_dataloader()
+    return StreamingDataModule(
+        train=os.path.join(data_dir, "disk"), batch_size=10, buffer_size=50, seed=4, **kw
+    ).train_dataloader()
 
 
 def test_lanes_are_kept_from_the_checkpoint_on_another_topology(data_dir, caplog):
@@ -156,7 +180,9 @@ def test_a_version_1_state_resumes_with_one_lane(data_dir):
 
 def test_another_batch_size_is_refused_when_lanes_interleave_by_batch(data_dir):
     state = loader_of(data_dir, num_workers=2).state_dict()
-    other = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=12, buffer_size=50, seed=4, num_workers=2).train_dataloader()
+    other = StreamingDataModule(
+        train=os.path.join(data_dir, "disk"), batch_size=12, buffer_size=50, seed=4, num_workers=2
+    ).train_dataloader()
     with pytest.raises(StateMismatchError, match="batch size"):
         other.load_state_dict(state)
 
@@ -171,29 +197,54 @@ def test_explicit_lanes_cover_every_row_once_per_epoch(data_dir):
 def test_strict_resume_false_resumes_through_trainer_fit_with_one_warning(tmp_path, data_dir, caplog):
     """The datamodule loads the state, then Lightning restores the loader from its own copy: both
     must apply strict_resume=False, and the second load of the same state is a no-op."""
-    saver = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1, filename="{step}")
-    first = pl.Trainer(accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                       callbacks=[saver])
+    saver = pl.callbacks.ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1, filename="{step}"
+    )
+    first = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_steps=8,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        callbacks=[saver],
+    )
     first.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16))
     path = str(tmp_path / "ckpt" / "step=5.ckpt")  # mid epoch 0
     reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9, strict_resume=False)
     recorder = BatchRecorder()
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                   callbacks=[recorder])
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_steps=10,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        callbacks=[recorder],
+    )
     with caplog.at_level("WARNING", logger="lightning_stream.state"):
         t.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
     assert t.global_step == 10
     warnings = [r for r in caplog.records if "Resuming anyway" in r.getMessage()]
     assert len(warnings) == 1 and "the shuffle seed: checkpoint has 0, now 9" in warnings[0].getMessage()
     # It continued at the checkpoint's position (5 batches in), in the new seed's order.
-    new_order = [tuple(b["id"].tolist()) for b in StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9).train_dataloader()]
+    new_order = [
+        tuple(b["id"].tolist())
+        for b in StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9).train_dataloader()
+    ]
     assert [key for _, key in recorder.batches] == new_order[5:10]
 
 
 def _mid_epoch_checkpoint(tmp_path, data_dir, cls=StreamingDataModule, steps=5):
-    saver = pl.callbacks.ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), every_n_train_steps=steps, save_top_k=-1, filename="{step}")
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=steps + 1, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                   callbacks=[saver])
+    saver = pl.callbacks.ModelCheckpoint(
+        dirpath=str(tmp_path / "ckpt"), every_n_train_steps=steps, save_top_k=-1, filename="{step}"
+    )
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_steps=steps + 1,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        callbacks=[saver],
+    )
     t.fit(IdModel(), datamodule=cls(train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2))
     return str(tmp_path / "ckpt" / f"step={steps}.ckpt")
 
@@ -226,16 +277,34 @@ def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, da
     del ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     stripped = str(tmp_path / "stripped.ckpt")
     torch.save(ckpt, stripped)
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False)
-    with pytest.raises(StateMismatchError, match=r"mid-epoch \(after batch 5 of epoch 0\) but holds no lightning_stream loader position"):
-        t.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16), ckpt_path=stripped)
+    t = pl.Trainer(
+        accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False
+    )
+    with pytest.raises(
+        StateMismatchError,
+        match=r"mid-epoch \(after batch 5 of epoch 0\) but holds no lightning_stream loader position",
+    ):
+        t.fit(
+            IdModel(),
+            datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16),
+            ckpt_path=stripped,
+        )
     # strict_resume=False: a warning, and the epoch restarts from its first batch.
     recorder = BatchRecorder()
-    t = pl.Trainer(accelerator="cpu", logger=False, max_steps=7, default_root_dir=str(tmp_path), enable_progress_bar=False,
-                   callbacks=[recorder])
+    t = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        max_steps=7,
+        default_root_dir=str(tmp_path),
+        enable_progress_bar=False,
+        callbacks=[recorder],
+    )
     with pytest.warns(UserWarning, match="restarting the epoch from its first batch"):
-        t.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, strict_resume=False),
-              ckpt_path=stripped)
+        t.fit(
+            IdModel(),
+            datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, strict_resume=False),
+            ckpt_path=stripped,
+        )
     first = next(iter(StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16).train_dataloader()))
     assert recorder.batches[0][1] == tuple(first["id"].tolist())
 

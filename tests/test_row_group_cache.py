@@ -39,12 +39,21 @@ def big_groups(tmp_path_factory) -> str:
 
 @pytest.mark.parametrize("lanes", [None, 3], ids=["one-window", "three-lanes"])
 def test_row_groups_larger_than_the_window_are_read_about_once(big_groups, lanes):
-    dm = StreamingDataModule(train=Source(path="parquet", data_files=big_groups), batch_size=32, num_workers=0, shuffle=True,
-                             buffer_size=BUFFER, lanes=lanes, seed=0)
+    dm = StreamingDataModule(
+        train=Source(path="parquet", data_files=big_groups),
+        batch_size=32,
+        num_workers=0,
+        shuffle=True,
+        buffer_size=BUFFER,
+        lanes=lanes,
+        seed=0,
+    )
     loader = dm.train_dataloader()
     before = rchar()
     ids = np.concatenate([batch["id"].numpy() for batch in loader])
     read = rchar() - before
     assert sorted(ids.tolist()) == list(range(ROWS))
     size = os.path.getsize(big_groups)
-    assert read <= 1.5 * size, f"an epoch read {read / size:.1f}x the file ({read:,} of {size:,} B): row groups decoded again and again"
+    assert read <= 1.5 * size, (
+        f"an epoch read {read / size:.1f}x the file ({read:,} of {size:,} B): row groups decoded again and again"
+    )

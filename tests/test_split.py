@@ -7,7 +7,14 @@ from lightning_stream.split import Layout
 
 @pytest.mark.parametrize(
     "num_rows,start,batch,world,drop_last",
-    [(1000, 0, 16, 1, False), (1001, 0, 10, 2, False), (1001, 0, 10, 2, True), (1201, 37, 8, 3, False), (5, 0, 4, 4, False), (7, 0, 2, 8, False)],
+    [
+        (1000, 0, 16, 1, False),
+        (1001, 0, 10, 2, False),
+        (1001, 0, 10, 2, True),
+        (1201, 37, 8, 3, False),
+        (5, 0, 4, 4, False),
+        (7, 0, 2, 8, False),
+    ],
 )
 def test_every_rank_same_steps_disjoint_and_bounded_drop(num_rows, start, batch, world, drop_last):
     lay = Layout(num_rows, start, batch, world, drop_last)
@@ -45,7 +52,9 @@ def test_bad_arguments():
         Layout(10, 0, 0)
 
 
-@pytest.mark.parametrize("num_rows,batch,world,workers", [(1001, 10, 2, 3), (64, 8, 1, 2), (997, 16, 4, 4), (50, 10, 1, 8)])
+@pytest.mark.parametrize(
+    "num_rows,batch,world,workers", [(1001, 10, 2, 3), (64, 8, 1, 2), (997, 16, 4, 4), (50, 10, 1, 8)]
+)
 def test_evaluation_splits_each_rank_run_over_workers_in_contiguous_pieces(num_rows, batch, world, workers):
     from lightning_stream.split import EvalLayout
 
@@ -54,9 +63,11 @@ def test_evaluation_splits_each_rank_run_over_workers_in_contiguous_pieces(num_r
     for rank in range(world):
         for worker in range(workers):
             ranges = [lay.batch_range(s, rank, workers) for s in range(worker, lay.num_steps, workers)]
-            for (a, b), (c, _) in zip(ranges, ranges[1:]):
+            for (_, b), (c, _) in zip(ranges, ranges[1:]):
                 assert b == c  # a worker's batches follow each other: it reads its piece once
             seen.extend(i for a, b in ranges for i in range(a, b))
-        sizes = [lay.batch_range(s, rank, workers)[1] - lay.batch_range(s, rank, workers)[0] for s in range(lay.num_steps)]
+        sizes = [
+            lay.batch_range(s, rank, workers)[1] - lay.batch_range(s, rank, workers)[0] for s in range(lay.num_steps)
+        ]
         assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     assert sorted(seen) == list(range(num_rows))

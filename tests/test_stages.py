@@ -6,10 +6,10 @@ import subprocess
 import sys
 from collections import Counter
 
+import lightning.pytorch as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import lightning.pytorch as pl
 
 from lightning_stream import Map, StreamingDataModule
 from lightning_stream.testing import IdModel
@@ -23,7 +23,9 @@ def stage_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     start = 0
     for name, n in SIZES.items():
-        pq.write_table(pa.table({"id": list(range(start, start + n))}), str(root / f"{name}.parquet"), row_group_size=16)
+        pq.write_table(
+            pa.table({"id": list(range(start, start + n))}), str(root / f"{name}.parquet"), row_group_size=16
+        )
         start += 1000
     return str(root)
 
@@ -37,8 +39,13 @@ def _rows(name):
 @pytest.mark.parametrize("devices", [1, 2])
 def test_two_validation_sets_test_and_predict_read_every_row_once(tmp_path, stage_data, devices):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, SCRIPT, "--data", stage_data, "--out", str(tmp_path), "--devices", str(devices)],
-                          capture_output=True, text=True, timeout=240, env=env)
+    proc = subprocess.run(
+        [sys.executable, SCRIPT, "--data", stage_data, "--out", str(tmp_path), "--devices", str(devices)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     records = [json.loads(line) for r in range(devices) for line in open(tmp_path / f"rank{r}.jsonl")]
 
@@ -54,11 +61,18 @@ def test_two_validation_sets_test_and_predict_read_every_row_once(tmp_path, stag
 
 def test_no_val_source_means_no_validation_loader(tmp_path, stage_data, recwarn):
     dm = StreamingDataModule(train=os.path.join(stage_data, "train.parquet"), batch_size=50)
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_progress_bar=False, enable_checkpointing=False,
-                         default_root_dir=str(tmp_path))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_checkpointing=False,
+        default_root_dir=str(tmp_path),
+    )
     trainer.fit(IdModel(), datamodule=dm)
     assert trainer.global_step == 4 and trainer.val_dataloaders is None
     assert not [w for w in recwarn if "val" in str(w.message).lower() and "dataloader" in str(w.message).lower()]
+
     class Tested(IdModel):
         def test_step(self, batch, batch_idx):
             pass
@@ -75,8 +89,12 @@ def test_eval_transform_and_collate_replace_the_train_ones(stage_data):
         return {"prompt_ids": [r["id"] for r in rows]}
 
     dm = StreamingDataModule(
-        train=os.path.join(stage_data, "train.parquet"), val=os.path.join(stage_data, "matched.parquet"),
-        transform=augment, eval_transform=[], eval_collate_fn=prompts_only, batch_size=16,
+        train=os.path.join(stage_data, "train.parquet"),
+        val=os.path.join(stage_data, "matched.parquet"),
+        transform=augment,
+        eval_transform=[],
+        eval_collate_fn=prompts_only,
+        batch_size=16,
     )
     assert next(iter(dm.train_dataloader()))["id"].min() >= 10_000
     assert [i for b in dm.val_dataloader() for i in b["prompt_ids"]] == _rows("matched")
@@ -101,7 +119,9 @@ def _draws(loader, skip=0):
     it = iter(loader)
     out = {}
     for b in it:
-        for i, py, npv, pt, gen in zip(b["id"].tolist(), b["py"].tolist(), b["np"].tolist(), b["pt"].tolist(), b["gen"].tolist()):
+        for i, py, npv, pt, gen in zip(
+            b["id"].tolist(), b["py"].tolist(), b["np"].tolist(), b["pt"].tolist(), b["gen"].tolist()
+        ):
             out[i] = (py, npv, pt, gen)
     return out
 
@@ -110,8 +130,13 @@ def _draws(loader, skip=0):
 def test_random_transforms_draw_the_same_after_a_resume_and_with_any_workers(stage_data, num_workers):
     def make(workers):
         return StreamingDataModule(
-            train=os.path.join(stage_data, "train.parquet"), transform=[draw, Map(draw_rng, with_rng=True)],
-            batch_size=8, num_workers=workers, shuffle=True, buffer_size=64, lanes=2,  # the same order for any workers
+            train=os.path.join(stage_data, "train.parquet"),
+            transform=[draw, Map(draw_rng, with_rng=True)],
+            batch_size=8,
+            num_workers=workers,
+            shuffle=True,
+            buffer_size=64,
+            lanes=2,  # the same order for any workers
         ).train_dataloader()
 
     reference = _draws(make(0))
@@ -123,8 +148,11 @@ def test_random_transforms_draw_the_same_after_a_resume_and_with_any_workers(sta
     resumed.load_state_dict(loader.state_dict())
     after = _draws(resumed)
     assert after and all(after[i] == reference[i] for i in after)
-    assert all(tuple(b[k][j].item() for k in ("py", "np", "pt", "gen")) == reference[b["id"][j].item()]
-               for b in head for j in range(len(b["id"])))
+    assert all(
+        tuple(b[k][j].item() for k in ("py", "np", "pt", "gen")) == reference[b["id"][j].item()]
+        for b in head
+        for j in range(len(b["id"]))
+    )
     # Another epoch draws other numbers.
     loader.set_epoch(1)
     assert _draws(loader) != reference

@@ -36,8 +36,11 @@ def stream_dirs(tmp_path_factory):
     repo = os.path.join(root, "repo")
     os.makedirs(os.path.join(repo, "data"))
     for i, (a, b) in enumerate([(0, 200), (200, 700), (700, N)]):
-        pq.write_table(pa.table({"id": list(range(a, b)), "text": [f"row {j}" for j in range(a, b)]}),
-                       os.path.join(repo, "data", f"train-{i:05d}-of-00003.parquet"), row_group_size=64)
+        pq.write_table(
+            pa.table({"id": list(range(a, b)), "text": [f"row {j}" for j in range(a, b)]}),
+            os.path.join(repo, "data", f"train-{i:05d}-of-00003.parquet"),
+            row_group_size=64,
+        )
     return root
 
 
@@ -63,10 +66,18 @@ def test_resume_is_exact_without_random_access(tmp_path, stream_dirs, kind, num_
     def make():
         transform = wds_ids if kind == "webdataset" else None
         return StreamingDataModule(
-            train=src, transform=transform, batch_size=16, num_workers=num_workers, shuffle=shuffle, buffer_size=100, seed=6
+            train=src,
+            transform=transform,
+            batch_size=16,
+            num_workers=num_workers,
+            shuffle=shuffle,
+            buffer_size=100,
+            seed=6,
         )
 
-    report = assert_resume_equivalent(make, stop_at_step=20, tmp_path=str(tmp_path), max_epochs=2)  # 320 rows: past the first window
+    report = assert_resume_equivalent(
+        make, stop_at_step=20, tmp_path=str(tmp_path), max_epochs=2
+    )  # 320 rows: past the first window
     for epoch in (0, 1):
         assert sorted(i for e, b in report.uninterrupted if e == epoch for i in b) == list(range(N))
 
@@ -95,7 +106,6 @@ def test_shuffled_parquet_stream_does_not_stall(stream_dirs):
 def test_a_stream_resume_reads_from_the_shard_of_the_current_window_not_the_lane_start(tmp_path):
     """8 shards of 250 rows in 2 lanes; resumed near the end of each lane, the loader reads about
     one shard per lane (the shard its window begins in) and the window, not the 1000 rows before."""
-    rows = []
     for i in range(8):
         with open(tmp_path / f"part-{i}.jsonl", "w") as f:
             f.write("".join(json.dumps({"id": j, "text": "x" * 500}) + "\n" for j in range(i * 250, (i + 1) * 250)))
@@ -110,7 +120,10 @@ def test_a_stream_resume_reads_from_the_shard_of_the_current_window_not_the_lane
     it = iter(first)
     head = [next(it)["id"].tolist() for _ in range(180)]  # 90 batches of each lane: row 900 of 1000
     state = first.state_dict()
-    assert state["lanes"] == 2 and [k for k, _ in state["anchors"]] == [3, 3]  # both windows begin in a lane's 4th shard
+    assert state["lanes"] == 2 and [k for k, _ in state["anchors"]] == [
+        3,
+        3,
+    ]  # both windows begin in a lane's 4th shard
 
     def rchar():
         with open("/proc/self/io") as f:

@@ -1,11 +1,11 @@
 """Batches cross from workers to the main process unchanged, small tensors by value."""
 
 import pickle
+from multiprocessing.reduction import ForkingPickler
 
 import pytest
 import torch
 import torch.multiprocessing  # noqa: F401 - registers torch's shared-memory reductions
-from multiprocessing.reduction import ForkingPickler
 
 from lightning_stream import transfer
 from lightning_stream.transfer import ByValue
@@ -59,5 +59,8 @@ def test_worker_batches_equal_in_process_batches(tmp_path, num_workers):
     datasets.Dataset.from_dict({"id": list(range(40)), "ids": [[i] * 5 for i in range(40)]}).save_to_disk(path)
     # The same lanes on both sides, so the same order (by default the lanes follow the readers).
     ref = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=0, lanes=2).train_dataloader()]
-    got = [b["ids"] for b in StreamingDataModule(train=path, batch_size=8, num_workers=num_workers, lanes=2).train_dataloader()]
+    got = [
+        b["ids"]
+        for b in StreamingDataModule(train=path, batch_size=8, num_workers=num_workers, lanes=2).train_dataloader()
+    ]
     assert len(got) == 5 and all(torch.equal(a, b) for a, b in zip(ref, got))

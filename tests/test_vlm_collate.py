@@ -76,8 +76,14 @@ def test_images_concatenate_over_rows_with_0_1_2_images() -> None:
     data[0]["pixel_values"] = np.ones((2, 3, 4, 4), np.float32)  # two images
     data[0]["image_grid_thw"] = np.array([[1, 2, 2], [1, 2, 2]])
     data[1]["pixel_values"] = None  # text only
-    data.append(dict(data[1], pixel_values=np.full((1, 3, 4, 4), 2, np.float32),
-                     image_grid_thw=np.array([[1, 2, 2]]), batch_num_images=np.array([1])))
+    data.append(
+        dict(
+            data[1],
+            pixel_values=np.full((1, 3, 4, 4), 2, np.float32),
+            image_grid_thw=np.array([[1, 2, 2]]),
+            batch_num_images=np.array([1]),
+        )
+    )
     batch = VLMCollator(pad_token_id=0)(data)
     assert batch["pixel_values"].shape == (3, 3, 4, 4)
     assert batch["pixel_values"][2].eq(2).all()

@@ -87,8 +87,22 @@ def test_shapes_data_callable_for_prepare(tmp_path) -> None:
 
 
 def test_command_line(tmp_path) -> None:
-    main(["--out", str(tmp_path), "--rows", "10", "--val-rows", "3", "--shards", "2",
-          "--image-size", "32", "--workers", "2"])
+    main(
+        [
+            "--out",
+            str(tmp_path),
+            "--rows",
+            "10",
+            "--val-rows",
+            "3",
+            "--shards",
+            "2",
+            "--image-size",
+            "32",
+            "--workers",
+            "2",
+        ]
+    )
     assert os.path.isfile(tmp_path / "train-00001-of-00002.parquet")
     assert os.path.isfile(tmp_path / "model" / "processor_config.json")
 

@@ -8,8 +8,6 @@ learns. Batches mix rows with 0, 1 and 2 images and several turns.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -61,12 +59,20 @@ def rows(family: str) -> tuple[dict, list[list[str]]]:
         answers = [["red and blue"], ["red"], ["blue circle"]]
     else:
         messages = [
-            [turn("user", "Compare the two images.", 2), turn("assistant", "Both show a shape."),
-             turn("user", "What color is the shape?"), turn("assistant", "red")],
+            [
+                turn("user", "Compare the two images.", 2),
+                turn("assistant", "Both show a shape."),
+                turn("user", "What color is the shape?"),
+                turn("assistant", "red"),
+            ],
             [turn("user", "What color is the shape?", 1), turn("assistant", "red")],
-            [turn("system", "Answer briefly."), turn("user", "Describe the picture."),
-             turn("assistant", "blue circle"), turn("user", "Where is it?"),
-             turn("assistant", "left")],
+            [
+                turn("system", "Answer briefly."),
+                turn("user", "Describe the picture."),
+                turn("assistant", "blue circle"),
+                turn("user", "Where is it?"),
+                turn("assistant", "left"),
+            ],
         ]
         answers = [["Both show a shape.", "red"], ["red"], ["blue circle", "left"]]
     return {"messages": messages, "images": [[red, blue], [red], []]}, answers
@@ -115,8 +121,11 @@ def test_loss_is_the_model_own_and_gradients_reach_the_vision_tower(family_dirs,
     ours.backward()
     # The vision side: the tower and the projector that feeds its output to the LM
     # (Gemma 3 initialises that projection to zeros, so its tower gets none at step 0).
-    vision = [p.grad for n, p in module.model.named_parameters()
-              if any(k in n for k in ("vision", "visual", "projector", "connector"))]
+    vision = [
+        p.grad
+        for n, p in module.model.named_parameters()
+        if any(k in n for k in ("vision", "visual", "projector", "connector"))
+    ]
     assert vision and any(g is not None and g.abs().sum() > 0 for g in vision), "no gradient to vision"
 
 
@@ -144,7 +153,6 @@ def test_bf16_fit_through_the_streaming_data_module_learns(family_dirs, family, 
     import lightning.pytorch as pl
 
     from lightning_stream import Source, StreamingDataModule
-
     from lightning_stream.vlm.shapes_chat import make_shape_chats
 
     data = make_shape_chats(str(tmp_path / "chat"), num_rows=8, val_rows=0, image_size=32)
@@ -157,7 +165,9 @@ def test_bf16_fit_through_the_streaming_data_module_learns(family_dirs, family, 
         train=Source(path="parquet", data_files=data["train"]),
         transform=VLMTransform(family_dirs[family], max_length=256),
         collate_fn=VLMCollator(family_dirs[family]),
-        batch_size=4, num_workers=1, buffer_size=8,
+        batch_size=4,
+        num_workers=1,
+        buffer_size=8,
     )
     torch.manual_seed(0)
     module = VisionLanguageModel(family_dirs[family], learning_rate=3e-3, warmup_ratio=0.0)
@@ -168,9 +178,15 @@ def test_bf16_fit_through_the_streaming_data_module_learns(family_dirs, family, 
             losses.append(float(outputs["loss"]))
 
     trainer = pl.Trainer(
-        accelerator="cpu", precision="bf16-mixed", max_epochs=4, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        callbacks=[Record()], default_root_dir=tmp_path,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        max_epochs=4,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+        default_root_dir=tmp_path,
     )
     trainer.fit(module, datamodule=dm)
     assert len(losses) == 8 and all(np.isfinite(losses))

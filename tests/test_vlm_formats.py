@@ -17,42 +17,70 @@ RED, BLUE = Image.new("RGB", (20, 20), (220, 30, 30)), Image.new("RGB", (30, 20)
 # format -> (batch of 3 rows with 2, 1 and 0 images, each row's answers)
 FORMATS = {
     "qa": (
-        {"image": [[RED, BLUE], RED, None], "question": ["Compare?", "What color?", "Hi?"],
-         "answer": ["both", ["red", "crimson"], "hello"]},
+        {
+            "image": [[RED, BLUE], RED, None],
+            "question": ["Compare?", "What color?", "Hi?"],
+            "answer": ["both", ["red", "crimson"], "hello"],
+        },
         [["both"], ["red"], ["hello"]],
     ),
     "llava": (
-        {"image": [[RED, BLUE], RED, None], "conversations": [
-            [{"from": "human", "value": "<image>\n<image>\nCompare the two images."},
-             {"from": "gpt", "value": "Both show a shape."},
-             {"from": "human", "value": "What color is the shape?"}, {"from": "gpt", "value": "red"}],
-            [{"from": "human", "value": "What color is the shape?"}, {"from": "gpt", "value": "red"}],
-            [{"from": "system", "value": "Answer briefly."},
-             {"from": "human", "value": "Describe the picture."}, {"from": "gpt", "value": "blue circle"}],
-        ]},
+        {
+            "image": [[RED, BLUE], RED, None],
+            "conversations": [
+                [
+                    {"from": "human", "value": "<image>\n<image>\nCompare the two images."},
+                    {"from": "gpt", "value": "Both show a shape."},
+                    {"from": "human", "value": "What color is the shape?"},
+                    {"from": "gpt", "value": "red"},
+                ],
+                [{"from": "human", "value": "What color is the shape?"}, {"from": "gpt", "value": "red"}],
+                [
+                    {"from": "system", "value": "Answer briefly."},
+                    {"from": "human", "value": "Describe the picture."},
+                    {"from": "gpt", "value": "blue circle"},
+                ],
+            ],
+        },
         [["Both show a shape.", "red"], ["red"], ["blue circle"]],
     ),
     "messages": (
-        {"images": [[RED, BLUE], [RED], []], "messages": [
-            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Compare."},
-                                          {"type": "image"}]},
-             {"role": "assistant", "content": [{"type": "text", "text": "Both show a shape."}]},
-             {"role": "user", "content": "Where is it?"}, {"role": "assistant", "content": "left"}],
-            [{"role": "user", "content": [{"type": "image", "text": None},
-                                          {"type": "text", "text": "What color?"}]},
-             {"role": "assistant", "content": [{"type": "text", "text": "red"}]}],
-            [{"role": "user", "content": "Describe the picture."},
-             {"role": "assistant", "content": "blue circle"}],
-        ]},
+        {
+            "images": [[RED, BLUE], [RED], []],
+            "messages": [
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image"}, {"type": "text", "text": "Compare."}, {"type": "image"}],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": "Both show a shape."}]},
+                    {"role": "user", "content": "Where is it?"},
+                    {"role": "assistant", "content": "left"},
+                ],
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image", "text": None}, {"type": "text", "text": "What color?"}],
+                    },
+                    {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+                ],
+                [{"role": "user", "content": "Describe the picture."}, {"role": "assistant", "content": "blue circle"}],
+            ],
+        },
         [["Both show a shape.", "left"], ["red"], ["blue circle"]],
     ),
     "cauldron": (
-        {"images": [[RED, BLUE], [RED], []], "texts": [
-            [{"user": "Compare the two images.", "assistant": "Both show a shape.", "source": "x"},
-             {"user": "What color is the shape?", "assistant": "red", "source": "x"}],
-            [{"user": "What color?", "assistant": "red", "source": "x"}],
-            [{"user": "Describe the picture.", "assistant": "blue circle", "source": "x"}],
-        ]},
+        {
+            "images": [[RED, BLUE], [RED], []],
+            "texts": [
+                [
+                    {"user": "Compare the two images.", "assistant": "Both show a shape.", "source": "x"},
+                    {"user": "What color is the shape?", "assistant": "red", "source": "x"},
+                ],
+                [{"user": "What color?", "assistant": "red", "source": "x"}],
+                [{"user": "Describe the picture.", "assistant": "blue circle", "source": "x"}],
+            ],
+        },
         [["Both show a shape.", "red"], ["red"], ["blue circle"]],
     ),
 }
@@ -113,8 +141,7 @@ def test_a_batch_mixing_formats_rows_and_text_only_first(qwen, module) -> None:
 
 
 def test_format_and_columns_can_be_named(qwen) -> None:
-    batch = {"pics": [[RED]], "dialog": [[{"from": "human", "value": "<image>What?"},
-                                          {"from": "gpt", "value": "red"}]]}
+    batch = {"pics": [[RED]], "dialog": [[{"from": "human", "value": "<image>What?"}, {"from": "gpt", "value": "red"}]]}
     transform = VLMTransform(qwen, format="llava", conversation_column="dialog", image_column="pics")
     out = transform(batch)
     assert answers_of(transform, out) == ["red<|im_end|>"]
@@ -135,19 +162,24 @@ def test_truncation_drops_whole_turns_from_the_end_and_keeps_images(qwen) -> Non
 @pytest.mark.parametrize(
     "batch, message",
     [
-        ({"images": [[RED]], "messages": [[{"role": "user", "content": "Hi"}]]},
-         "no assistant turn"),
-        ({"image": [[RED, BLUE]], "conversations": [[{"from": "human", "value": "<image> a"},
-                                                      {"from": "gpt", "value": "b"}]]},
-         "1 image mark(s) but 2 image(s)"),
-        ({"images": [[RED]], "messages": [[{"role": "robot", "content": "Hi"}]]},
-         "unknown role 'robot'"),
-        ({"image": [RED], "conversations": [[{"from": "human", "value": ["a"]}]]},
-         "text column 'conversations': row 0: expected a string, got list"),
+        ({"images": [[RED]], "messages": [[{"role": "user", "content": "Hi"}]]}, "no assistant turn"),
+        (
+            {
+                "image": [[RED, BLUE]],
+                "conversations": [[{"from": "human", "value": "<image> a"}, {"from": "gpt", "value": "b"}]],
+            },
+            "1 image mark(s) but 2 image(s)",
+        ),
+        ({"images": [[RED]], "messages": [[{"role": "robot", "content": "Hi"}]]}, "unknown role 'robot'"),
+        (
+            {"image": [RED], "conversations": [[{"from": "human", "value": ["a"]}]]},
+            "text column 'conversations': row 0: expected a string, got list",
+        ),
         ({"pictures": [RED], "prompt": ["q"]}, "cannot tell the row format"),
-        ({"images": [[12]], "messages": [[{"role": "user", "content": "a"},
-                                          {"role": "assistant", "content": "b"}]]},
-         "image column 'images': unsupported image type int; at row 0"),
+        (
+            {"images": [[12]], "messages": [[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]]},
+            "image column 'images': unsupported image type int; at row 0",
+        ),
     ],
 )
 def test_bad_rows_are_named(qwen, batch, message) -> None:

@@ -25,9 +25,7 @@ IMAGE_SIZE = 32
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_tiny_vlm(
-        str(tmp_path_factory.mktemp("vlm") / "model"), image_size=IMAGE_SIZE, patch_size=8
-    )
+    return build_tiny_vlm(str(tmp_path_factory.mktemp("vlm") / "model"), image_size=IMAGE_SIZE, patch_size=8)
 
 
 class Rows(torch.utils.data.Dataset):
@@ -144,8 +142,13 @@ def test_validate_then_fit_reuses_metrics(model_dir: str) -> None:
     # inference tensors behind for the next fit's validation.
     module = VisionLanguageModel(model_dir)
     trainer = pl.Trainer(
-        accelerator="cpu", max_steps=1, limit_val_batches=1, num_sanity_val_steps=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        max_steps=1,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
         enable_model_summary=False,
     )
     val = loader(model_dir, 4, "val")
@@ -187,9 +190,15 @@ def test_shapes_rows_feed_the_model(model_dir: str, tmp_path) -> None:
 def test_fit_on_gpu_bf16(model_dir: str) -> None:
     module = VisionLanguageModel(model_dir, gradient_checkpointing=True)
     trainer = pl.Trainer(
-        accelerator="gpu", devices=1, precision="bf16-mixed", max_steps=3,
-        limit_val_batches=1, num_sanity_val_steps=0, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="gpu",
+        devices=1,
+        precision="bf16-mixed",
+        max_steps=3,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     trainer.fit(module, loader(model_dir, 12), loader(model_dir, 4, "val"))
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())

@@ -31,7 +31,11 @@ def test_vlm_fit_resumes_exactly(tmp_path, shapes):
 
     # 60 rows / 4 = 15 steps per epoch; the crash comes at step 20, mid epoch 1.
     report = assert_resume_equivalent(
-        make_dm, make_model=lambda: VisionLanguageModel(model, learning_rate=1e-3), stop_at_step=20,
-        tmp_path=str(tmp_path), max_epochs=2, precision="bf16-mixed",
+        make_dm,
+        make_model=lambda: VisionLanguageModel(model, learning_rate=1e-3),
+        stop_at_step=20,
+        tmp_path=str(tmp_path),
+        max_epochs=2,
+        precision="bf16-mixed",
     )
     assert len(report.uninterrupted) == 30 and len(report.after_resume) == 10

@@ -19,9 +19,7 @@ N_IMAGE_TOKENS = (IMAGE_SIZE // PATCH) ** 2
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return build_tiny_vlm(
-        str(tmp_path_factory.mktemp("vlm") / "model"), image_size=IMAGE_SIZE, patch_size=PATCH
-    )
+    return build_tiny_vlm(str(tmp_path_factory.mktemp("vlm") / "model"), image_size=IMAGE_SIZE, patch_size=PATCH)
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +74,7 @@ def test_system_prompt_is_masked(model_dir: str) -> None:
     plain = one(VLMTransform(model_dir), red())
     system = one(VLMTransform(model_dir, system_prompt="Answer in one word."), red())
     assert len(system["input_ids"]) > len(plain["input_ids"])
-    assert [x for x in system["labels"] if x != IGNORE_INDEX] == [
-        x for x in plain["labels"] if x != IGNORE_INDEX
-    ]
+    assert [x for x in system["labels"] if x != IGNORE_INDEX] == [x for x in plain["labels"] if x != IGNORE_INDEX]
 
 
 def _palette_with_transparency() -> Image.Image:
@@ -135,8 +131,14 @@ def test_image_given_as_bytes_dict_path_or_array(transform: VLMTransform, tmp_pa
     path = tmp_path / "red.png"
     path.write_bytes(data)
     reference = one(transform, red())["pixel_values"]
-    for value in (data, {"bytes": data, "path": None}, {"bytes": None, "path": str(path)},
-                  str(path), path, np.asarray(red())):
+    for value in (
+        data,
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": str(path)},
+        str(path),
+        path,
+        np.asarray(red()),
+    ):
         np.testing.assert_allclose(one(transform, value)["pixel_values"], reference, atol=1e-6)
 
 

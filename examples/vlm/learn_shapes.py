@@ -92,8 +92,13 @@ def main() -> None:
     pl.seed_everything(args.seed, verbose=False)
 
     model_dir = args.model_dir or f"{args.data}/model"
-    ShapesData(args.data, num_rows=args.rows, val_rows=args.val_rows, model_dir=model_dir,
-               model_kwargs=json.loads(args.model_kwargs))()
+    ShapesData(
+        args.data,
+        num_rows=args.rows,
+        val_rows=args.val_rows,
+        model_dir=model_dir,
+        model_kwargs=json.loads(args.model_kwargs),
+    )()
     transform = VLMTransform(model_dir, max_length=128)
     collate = VLMCollator(model_dir)
     load = lambda split: datasets.load_dataset(  # noqa: E731
@@ -103,13 +108,20 @@ def main() -> None:
     train = DataLoader(Rows(train_ds, transform), args.batch_size, shuffle=True, collate_fn=collate)
     val = DataLoader(Rows(val_ds, transform), 50, collate_fn=collate)
 
-    model = VisionLanguageModel(model_dir, learning_rate=args.lr, warmup_ratio=args.warmup,
-                                weight_decay=args.weight_decay)
+    model = VisionLanguageModel(
+        model_dir, learning_rate=args.lr, warmup_ratio=args.warmup, weight_decay=args.weight_decay
+    )
     history = History()
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=args.epochs, precision=args.precision,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        num_sanity_val_steps=0, callbacks=[history], enable_model_summary=False,
+        accelerator="cpu",
+        max_epochs=args.epochs,
+        precision=args.precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        num_sanity_val_steps=0,
+        callbacks=[history],
+        enable_model_summary=False,
         gradient_clip_val=args.clip,
     )
     start = time.perf_counter()
@@ -125,16 +137,29 @@ def main() -> None:
     exact = {k: round(sum(v) / len(v), 3) for k, v in sorted(hits.items())}
     total = sum(sum(v) for v in hits.values()) / sum(len(v) for v in hits.values())
     n_params = sum(p.numel() for p in model.parameters())
-    print(json.dumps({
-        "params": n_params, "train_rows": args.rows, "val_rows": args.val_rows,
-        "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "clip": args.clip,
-        "precision": args.precision, "threads": args.threads,
-        "model_kwargs": json.loads(args.model_kwargs),
-        "first": history.rows[0], "last": history.rows[-1],
-        "loss_ratio": round(history.rows[-1]["val_loss"] / history.rows[0]["val_loss"], 4),
-        "exact_match": round(total, 4), "exact_match_by_kind": exact,
-        "fit_wall_s": round(train_s, 1),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "params": n_params,
+                "train_rows": args.rows,
+                "val_rows": args.val_rows,
+                "epochs": args.epochs,
+                "batch_size": args.batch_size,
+                "lr": args.lr,
+                "clip": args.clip,
+                "precision": args.precision,
+                "threads": args.threads,
+                "model_kwargs": json.loads(args.model_kwargs),
+                "first": history.rows[0],
+                "last": history.rows[-1],
+                "loss_ratio": round(history.rows[-1]["val_loss"] / history.rows[0]["val_loss"], 4),
+                "exact_match": round(total, 4),
+                "exact_match_by_kind": exact,
+                "fit_wall_s": round(train_s, 1),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,15 +22,13 @@ whole contract a new kind has to keep.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import Optional, Protocol, Union
-
 import dataclasses
-
-import numpy as np
-import pyarrow as pa
+from collections.abc import Iterator
+from typing import Protocol
 
 import datasets
+import numpy as np
+import pyarrow as pa
 
 from ..spec import DatasetSource, Mix, Source
 from . import hub
@@ -64,9 +62,9 @@ __all__ = [
 class Store(Protocol):
     """What every store knows about its rows, whichever way they are read."""
 
-    features: Optional[datasets.Features]
+    features: datasets.Features | None
     """The columns and their ``datasets`` types (None for a stream until its first rows)."""
-    num_rows: Optional[int]
+    num_rows: int | None
     """Rows in the source (None for a stream of unknown length)."""
     fingerprint: str
     """A short hash of what the rows are; a checkpoint refuses to resume on other rows."""
@@ -110,7 +108,9 @@ class RandomAccessStore(Store, Protocol):
         """The rows at indices ``rows``, in that order."""
         ...
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> Order:
+    def epoch_order(
+        self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1
+    ) -> Order:
         """The order of ``epoch`` cut into ``lanes`` read batch by batch (``order.py``)."""
         ...
 
@@ -126,7 +126,9 @@ class SequentialStore(Store, Protocol):
         ...
 
 
-def open_store(spec: Union[Source, Mix, DatasetSource], *, cache_rows: int = 20_000, cache_windows: int = 2) -> Union[RandomAccessStore, SequentialStore]:
+def open_store(
+    spec: Source | Mix | DatasetSource, *, cache_rows: int = 20_000, cache_windows: int = 2
+) -> RandomAccessStore | SequentialStore:
     """Open the store that reads ``spec``: random access where the format allows it.
 
     ``cache_rows`` bounds the decoded parquet row groups kept per process: the rows of the

@@ -7,18 +7,17 @@ import glob
 import json
 import os
 from collections.abc import Callable
-from typing import Any, Optional
-
-import numpy as np
-import pyarrow as pa
+from typing import Any
 
 import datasets
+import numpy as np
+import pyarrow as pa
 from datasets.features.features import require_decoding
 
 from ..spec import Source
 from .base import BlockStore, file_digest, files_fingerprint, select_columns
-from .culprits import check_whole, schema_difference
 from .columns import NumpyColumns
+from .culprits import check_whole, schema_difference
 from .resolve import resolve_files
 
 __all__ = ["ArrowStore"]
@@ -87,12 +86,19 @@ class ArrowStore(BlockStore):
             self.__dict__.update(state)
 
     @classmethod
-    def from_dataset(cls, ds: datasets.Dataset, where: str, indices: Optional[np.ndarray], fingerprint: str) -> "ArrowStore":
+    def from_dataset(cls, ds: datasets.Dataset, where: str, indices: np.ndarray | None, fingerprint: str) -> ArrowStore:
         """A store over a ``Dataset`` object the user holds; ``indices`` is its indices mapping
         (``stores/objects.py`` reads it), through which rows are looked up."""
         store = cls.__new__(cls)
         files = [f["filename"] for f in ds.cache_files]
-        store._open(ds, where, files, [datasets.Dataset.from_file(f).num_rows for f in files] if len(files) > 1 else [len(ds.data)], None, None)
+        store._open(
+            ds,
+            where,
+            files,
+            [datasets.Dataset.from_file(f).num_rows for f in files] if len(files) > 1 else [len(ds.data)],
+            None,
+            None,
+        )
         store._indices = indices
         if indices is not None:
             store.num_rows = len(indices)
@@ -100,13 +106,21 @@ class ArrowStore(BlockStore):
         store.fingerprint = fingerprint
         return store
 
-    def _open(self, ds: datasets.Dataset, where: str, files: list[str], file_rows: list[int], columns: Optional[list[str]], num_shards: Optional[int]) -> None:
+    def _open(
+        self,
+        ds: datasets.Dataset,
+        where: str,
+        files: list[str],
+        file_rows: list[int],
+        columns: list[str] | None,
+        num_shards: int | None,
+    ) -> None:
         self.where = where
         self.features = select_columns(ds.features, columns, self.where)
         self._table = ds.select_columns(list(self.features)).data  # memory-mapped datasets.Table (no indices)
-        self._arrays: Optional[NumpyColumns] = None
+        self._arrays: NumpyColumns | None = None
         self._rest: Any = None
-        self._indices: Optional[np.ndarray] = None
+        self._indices: np.ndarray | None = None
         self.files = files
         self.file_rows = file_rows
         self.num_rows = len(ds.data)
@@ -118,7 +132,7 @@ class ArrowStore(BlockStore):
         # datasets' own gather over the memory-mapped record batches: ~20x faster than __getitem__.
         return self._table.fast_gather(rows)
 
-    def take_arrays(self, rows: np.ndarray) -> tuple[Optional[pa.Table], dict[str, np.ndarray]]:
+    def take_arrays(self, rows: np.ndarray) -> tuple[pa.Table | None, dict[str, np.ndarray]]:
         """The rows as numpy arrays for the columns that have zero-copy views, arrow for the rest."""
         if self._arrays is None:
             plain = [name for name, feature in self.features.items() if not require_decoding(feature)]
@@ -146,7 +160,11 @@ def _named_read(path: str, read: Callable[[], Any]) -> Any:
     try:
         return read()
     except (OSError, pa.ArrowInvalid) as err:
-        candidates = [path] if os.path.isfile(path) else sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.arrow"), recursive=True))
+        candidates = (
+            [path]
+            if os.path.isfile(path)
+            else sorted(glob.glob(os.path.join(glob.escape(path), "**", "*.arrow"), recursive=True))
+        )
         for f in candidates:
             check_whole(f)
         raise ValueError(f"cannot read arrow data {path}: {type(err).__name__}: {err}") from err
@@ -161,10 +179,12 @@ def _check_listed(folder: str) -> None:
     except (OSError, ValueError):
         return  # a DatasetDict folder, or no state: datasets says what it finds
     if listed == []:
-        raise ValueError(f"{folder}: 0 rows, nothing to read (its state.json lists no data file: a dataset saved empty)")
+        raise ValueError(
+            f"{folder}: 0 rows, nothing to read (its state.json lists no data file: a dataset saved empty)"
+        )
 
 
-def _blocks(num_rows: int, num_shards: Optional[int]) -> list[int]:
+def _blocks(num_rows: int, num_shards: int | None) -> list[int]:
     """Block lengths: ``num_shards`` contiguous pieces, or pieces of ``_ARROW_BLOCK_ROWS``."""
     per = -(-num_rows // num_shards) if num_shards else _ARROW_BLOCK_ROWS
     n_full, rest = divmod(num_rows, per)

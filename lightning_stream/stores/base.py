@@ -10,13 +10,11 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
-from typing import Optional
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-import datasets
 
 from ..order import EpochOrder
 
@@ -69,7 +67,7 @@ def footer_digest(meta: pq.FileMetaData) -> str:
     return hashlib.sha1(sink.getvalue()).hexdigest()[:16]
 
 
-def select_columns(features: datasets.Features, columns: Optional[list[str]], where: str) -> datasets.Features:
+def select_columns(features: datasets.Features, columns: list[str] | None, where: str) -> datasets.Features:
     """``features`` restricted to ``columns`` (all when None); a missing column names ``where``."""
     if columns is None:
         return features
@@ -97,6 +95,16 @@ class BlockStore:
 
     block_lengths: list[int]
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> EpochOrder:
+    def epoch_order(
+        self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1
+    ) -> EpochOrder:
         """The order of ``epoch``: blocks shuffled, cut into ``lanes``, rows shuffled in windows of each lane."""
-        return EpochOrder(self.block_lengths, seed=seed, epoch=epoch, shuffle=shuffle, window=window, lanes=lanes, batch_size=batch_size)
+        return EpochOrder(
+            self.block_lengths,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            window=window,
+            lanes=lanes,
+            batch_size=batch_size,
+        )

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from typing import Optional
 
 __all__ = ["BlockCache"]
 
@@ -31,7 +30,7 @@ class BlockCache:
     def key(self, url: str, footer: str, start: int, end: int) -> str:
         return hashlib.sha1(f"{url}\0{footer}\0{start}\0{end}".encode()).hexdigest()
 
-    def get(self, key: str, size: int) -> Optional[bytes]:
+    def get(self, key: str, size: int) -> bytes | None:
         """The cached bytes, or None (absent, or not ``size`` bytes: then dropped)."""
         path = os.path.join(self.folder, key + _SUFFIX)
         try:

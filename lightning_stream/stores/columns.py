@@ -11,8 +11,6 @@ one slice.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 import pyarrow as pa
 
@@ -28,7 +26,7 @@ def is_list(kind: pa.DataType) -> bool:
     return pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)
 
 
-def numpy_view(array: pa.Array) -> Optional[np.ndarray]:
+def numpy_view(array: pa.Array) -> np.ndarray | None:
     """A zero-copy numpy view of ``array`` (numbers, or lists of one length), or None."""
     kind = array.type
     if array.null_count:

@@ -15,7 +15,7 @@ import json
 import lzma
 import os
 from collections import Counter
-from typing import IO, Optional
+from typing import IO
 
 import pyarrow as pa
 
@@ -69,7 +69,11 @@ def schema_difference(a: pa.Schema, b: pa.Schema, name_a: str, name_b: str) -> s
     """The columns that differ between two schemas, with their types in each file."""
     fields_a = {f.name: f.type for f in a}
     fields_b = {f.name: f.type for f in b}
-    parts = [f"column {c!r} is {fields_a[c]} in {name_a} but {fields_b[c]} in {name_b}" for c in fields_a if c in fields_b and fields_a[c] != fields_b[c]]
+    parts = [
+        f"column {c!r} is {fields_a[c]} in {name_a} but {fields_b[c]} in {name_b}"
+        for c in fields_a
+        if c in fields_b and fields_a[c] != fields_b[c]
+    ]
     parts += [f"column {c!r} ({fields_a[c]}) is only in {name_a}" for c in fields_a if c not in fields_b]
     parts += [f"column {c!r} ({fields_b[c]}) is only in {name_b}" for c in fields_b if c not in fields_a]
     if not parts and list(fields_a) != list(fields_b):
@@ -84,7 +88,7 @@ def _open_text(path: str) -> IO[str]:
     return opener(path, "rt", encoding="utf-8", errors="replace")
 
 
-def json_culprit(path: str) -> Optional[str]:
+def json_culprit(path: str) -> str | None:
     """``"line N is not JSON (<error>)"`` for the first line of a local JSON-lines file that is not a JSON value,
     or None (not JSON lines, or no such line). ``datasets`` counts the row of its current chunk."""
     name = path[: -len(os.path.splitext(path)[1])] if path.endswith((".gz", ".bz2", ".xz")) else path
@@ -112,7 +116,7 @@ def read_error(path: str, err: BaseException) -> str:
     return line or f"{type(err).__name__}: {err}"
 
 
-def no_data_files(folder: str, supported: dict[str, list[str]]) -> Optional[str]:
+def no_data_files(folder: str, supported: dict[str, list[str]]) -> str | None:
     """A message for a local folder that holds no file ``datasets`` reads as data, else None.
 
     ``supported`` maps builders to their extensions. Documentation and config files (``.md``,
@@ -122,7 +126,7 @@ def no_data_files(folder: str, supported: dict[str, list[str]]) -> Optional[str]
     if not os.path.isdir(folder):
         return None
     found: Counter = Counter()
-    for root, dirs, files in os.walk(folder):
+    for _root, dirs, files in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found.update(os.path.splitext(f)[1] or f for f in files if not f.startswith("."))
     data = {ext for builder, exts in supported.items() if builder != "harbor" for ext in exts if ext != ".zip"}

@@ -72,7 +72,7 @@ def opening(source: Any) -> Iterator[None]:
 def _ask_hub(source: Source) -> None:
     import datasets.config
     from huggingface_hub import HfApi, constants
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     endpoint = datasets.config.HF_ENDPOINT
     settings = dataclasses.replace(

@@ -67,13 +67,17 @@ class MixtureStore:
         self.stores = [open_source(s) for s in sources]
         for i, (s, store) in enumerate(zip(sources, self.stores)):
             if not store.random_access:
-                raise ValueError(f"Mix needs random-access sources (parquet, arrow, save_to_disk); {s.path!r} is a stream")
+                raise ValueError(
+                    f"Mix needs random-access sources (parquet, arrow, save_to_disk); {s.path!r} is a stream"
+                )
             if not store.num_rows:  # its share of the mixture could never be drawn
                 raise ValueError(f"Mix source {i} ({store.where}) has 0 rows: remove it from the Mix or give it rows")
         columns = list(self.stores[0].features)
         for s, store in zip(sources[1:], self.stores[1:]):
             if list(store.features) != columns:
-                raise ValueError(f"Mix sources must have the same columns: {sources[0].path!r} has {columns}, {s.path!r} has {list(store.features)}")
+                raise ValueError(
+                    f"Mix sources must have the same columns: {sources[0].path!r} has {columns}, {s.path!r} has {list(store.features)}"
+                )
         # Holds nothing of its own per process: it travels as its sources do.
         self.fork_safe = all(store.fork_safe for store in self.stores)
         self.portable = all(store.portable for store in self.stores)
@@ -87,9 +91,18 @@ class MixtureStore:
         self.fingerprint = fingerprint([[s.fingerprint for s in self.stores], probs, mix.stopping_strategy])
         log.info("mixture per epoch: %s", ", ".join(f"{n}: {c} rows" for n, c in zip(self.names, self.counts)))
 
-    def epoch_order(self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1) -> MixtureOrder:
+    def epoch_order(
+        self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1
+    ) -> MixtureOrder:
         return MixtureOrder(
-            [s.block_lengths for s in self.stores], self.counts, seed=seed, epoch=epoch, shuffle=shuffle, window=window, lanes=lanes, batch_size=batch_size
+            [s.block_lengths for s in self.stores],
+            self.counts,
+            seed=seed,
+            epoch=epoch,
+            shuffle=shuffle,
+            window=window,
+            lanes=lanes,
+            batch_size=batch_size,
         )
 
     def _source_of(self, rows: np.ndarray) -> np.ndarray:
@@ -104,7 +117,9 @@ class MixtureStore:
 
     @property
     def read_ahead_rows(self) -> int:
-        return sum(getattr(store, "read_ahead_rows", 0) for store in self.stores if getattr(store, "reads_ahead", False))
+        return sum(
+            getattr(store, "read_ahead_rows", 0) for store in self.stores if getattr(store, "reads_ahead", False)
+        )
 
     def read_ahead(self, rows: list[np.ndarray]) -> None:
         """Hand each source that reads ahead the rows of the next batches that are its own."""

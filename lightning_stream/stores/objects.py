@@ -23,17 +23,13 @@ from __future__ import annotations
 import copy
 import logging
 from collections.abc import Iterator
-from typing import Any, Optional
-
-import numpy as np
-import pyarrow as pa
+from typing import Any
 
 import datasets
-from datasets.iterable_dataset import (
-    ArrowExamplesIterable,
-    BufferShuffledExamplesIterable,
-    InterleavedShardsExamplesIterable,
-)
+import datasets.iterable_dataset as _ids
+import numpy as np
+import pyarrow as pa
+from datasets.iterable_dataset import ArrowExamplesIterable, BufferShuffledExamplesIterable
 
 from ..spec import DatasetSource, Source
 from .arrow import ArrowStore
@@ -42,6 +38,11 @@ from .parquet import ParquetStore
 from .stream import StreamStore
 
 log = logging.getLogger(__name__)
+
+# The shuffles a chain may hold (ours replaces them); shard interleaving came with datasets 5.1.
+_SHUFFLES: tuple[type, ...] = tuple(
+    cls for cls in (BufferShuffledExamplesIterable, getattr(_ids, "InterleavedShardsExamplesIterable", None)) if cls
+)
 
 __all__ = ["ChainStore", "ObjectStream", "SliceStore", "open_dataset", "sliced"]
 
@@ -61,8 +62,13 @@ def _dataset_store(ds: datasets.Dataset, where: str) -> Any:
     mapping = getattr(ds, "_indices", None)  # private: the indices mapping of shuffle/select/filter
     indices = mapping.column(0).to_numpy().astype(np.int64) if mapping is not None else None
     if indices is not None:
-        log.info("%s has an indices mapping (shuffle/select/filter): its rows are read in that order, then shuffled each epoch", where)
-    store = ArrowStore.from_dataset(ds, where, indices, fingerprint(["dataset", getattr(ds, "_fingerprint", None), len(ds)]))
+        log.info(
+            "%s has an indices mapping (shuffle/select/filter): its rows are read in that order, then shuffled each epoch",
+            where,
+        )
+    store = ArrowStore.from_dataset(
+        ds, where, indices, fingerprint(["dataset", getattr(ds, "_fingerprint", None), len(ds)])
+    )
     fmt = ds.format
     if fmt["type"] is None:
         return store
@@ -80,7 +86,13 @@ class _Format:
 
         f = self.fmt
         formatter = get_formatter(f["type"], features=self.features, **f["format_kwargs"])
-        out = format_table(table, range(table.num_rows), formatter, format_columns=f["columns"], output_all_columns=f["output_all_columns"])
+        out = format_table(
+            table,
+            range(table.num_rows),
+            formatter,
+            format_columns=f["columns"],
+            output_all_columns=f["output_all_columns"],
+        )
         return dict(out)
 
 
@@ -106,7 +118,7 @@ def _chain_of(ids: datasets.IterableDataset, where: str) -> tuple[list[Any], Any
     nodes, shuffled = [], False
     node = ids._ex_iterable
     while hasattr(node, "ex_iterable"):
-        if isinstance(node, (BufferShuffledExamplesIterable, InterleavedShardsExamplesIterable)):
+        if isinstance(node, _SHUFFLES):
             shuffled = True
         else:
             nodes.append(node)
@@ -120,7 +132,9 @@ def _chain_of(ids: datasets.IterableDataset, where: str) -> tuple[list[Any], Any
             "rows an epoch holds: use Source(split='train[a:b]') slicing, or pass the dataset without them"
         )
     if shuffled:
-        log.info("%s: its shuffle() is replaced by StreamingDataModule's (seed, epoch) shuffle, which resumes exactly", where)
+        log.info(
+            "%s: its shuffle() is replaced by StreamingDataModule's (seed, epoch) shuffle, which resumes exactly", where
+        )
     return nodes, node
 
 
@@ -143,8 +157,11 @@ class ObjectStream(StreamStore):
         self.features = ids.features
         self.num_rows = None
         self.fingerprint = fingerprint(["object-stream", where, ids.num_shards, str(ids.features)])
-        log.info("%s is read front to back (its rows cannot be read by index); its own shuffle, if any, is kept and "
-                 "follows the epoch (set_epoch)", where)
+        log.info(
+            "%s is read front to back (its rows cannot be read by index); its own shuffle, if any, is kept and "
+            "follows the epoch (set_epoch)",
+            where,
+        )
 
     def __getstate__(self) -> dict:
         return dict(self.__dict__)
@@ -203,7 +220,9 @@ class _Replay:
         for n in reversed(self.nodes):
             fn = getattr(n, "function", None)
             fn = getattr(fn, "args", (None,))[0] if hasattr(fn, "func") and getattr(fn, "args", None) else fn
-            names.append(f"{type(n).__name__}({getattr(fn, '__qualname__', '')})" if fn is not None else type(n).__name__)
+            names.append(
+                f"{type(n).__name__}({getattr(fn, '__qualname__', '')})" if fn is not None else type(n).__name__
+            )
         return " -> ".join(names)
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
@@ -251,7 +270,9 @@ def sliced(store: Any, split: str, where: str) -> Any:
         instruction = datasets.ReadInstruction.from_spec(split)
         (absolute,) = instruction.to_absolute({name: store.num_rows})
     except (ValueError, AssertionError) as err:
-        raise ValueError(f"{where}: split={split!r} is not datasets' slicing syntax ('train[:90%]', 'train[1000:]'): {err}") from err
+        raise ValueError(
+            f"{where}: split={split!r} is not datasets' slicing syntax ('train[:90%]', 'train[1000:]'): {err}"
+        ) from err
     return SliceStore(store, absolute.from_, absolute.to, split)
 
 

@@ -18,13 +18,11 @@ import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Optional
 
+import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-
-import datasets
 
 from ..spec import Source
 from .base import BlockStore, files_fingerprint, footer_digest, gather, select_columns
@@ -61,11 +59,16 @@ class ParquetStore(BlockStore):
     fork_safe = True
     portable = True
 
-    def __init__(self, source: Source, *, cache_rows: int = 20_000, cache_windows: int = 2, files: Optional[list[str]] = None) -> None:
+    def __init__(
+        self, source: Source, *, cache_rows: int = 20_000, cache_windows: int = 2, files: list[str] | None = None
+    ) -> None:
         self.files = files if files is not None else resolve_files(source)
         self.columns = source.columns
         options = source.load_kwargs
-        self._storage_options = {**options.get("storage_options", {}), **({"token": options["token"]} if "token" in options else {})}
+        self._storage_options = {
+            **options.get("storage_options", {}),
+            **({"token": options["token"]} if "token" in options else {}),
+        }
         self.remote = source.remote
         self._remote = any(is_remote(f) for f in self.files)
         self._handles: dict[int, pq.ParquetFile] = {}
@@ -98,13 +101,19 @@ class ParquetStore(BlockStore):
             self.file_rows.append(meta.num_rows)
         self.num_rows = int(sum(self.block_lengths))
         if not self.num_rows:  # named here: later it is only an epoch of 0 steps
-            raise ValueError(f"parquet file(s) {', '.join(self.files)}: 0 rows, nothing to read (written with a schema and no row?)")
+            raise ValueError(
+                f"parquet file(s) {', '.join(self.files)}: 0 rows, nothing to read (written with a schema and no row?)"
+            )
         self._block_end = np.cumsum(self.block_lengths, dtype=np.int64)
         self.features = select_columns(datasets.Features.from_arrow_schema(schema), source.columns, self.files[0])
         self.where = ",".join(self.files)
         self._digests = [footer_digest(self._footers[i]) for i in range(len(self.files))]
         self.fingerprint = files_fingerprint(self.files, self.file_rows, self._digests)
-        self._disk = BlockCache(self.remote.cache_dir, self.remote.cache_bytes) if self._remote and self.remote.cache_dir else None
+        self._disk = (
+            BlockCache(self.remote.cache_dir, self.remote.cache_bytes)
+            if self._remote and self.remote.cache_dir
+            else None
+        )
         self._from_disk: set[int] = set()  # row groups in ``_ahead`` that came from the disk cache
         self._cache_rows = cache_rows + cache_windows * max(self.block_lengths)
         self._spans: dict[int, tuple[int, int]] = {}
@@ -117,13 +126,21 @@ class ParquetStore(BlockStore):
     def _local(self) -> None:
         if self._pid != os.getpid():
             self._handles, self._cache, self._pid = {}, OrderedDict(), os.getpid()
-            self._remotes, self._lock, self._ahead, self._ahead_bytes, self._from_disk = {}, threading.Lock(), {}, 0, set()
+            self._remotes, self._lock, self._ahead, self._ahead_bytes, self._from_disk = (
+                {},
+                threading.Lock(),
+                {},
+                0,
+                set(),
+            )
 
     def _open_all(self) -> list[pq.ParquetFile]:
         """Every file's handle (and footer); remote files several at once: each costs round trips."""
         if not self._remote or len(self.files) == 1:
             return [self._open(i) for i in range(len(self.files))]
-        with ThreadPoolExecutor(min(_OPENING_THREADS, len(self.files)), thread_name_prefix="lightning_stream-footers") as pool:
+        with ThreadPoolExecutor(
+            min(_OPENING_THREADS, len(self.files)), thread_name_prefix="lightning_stream-footers"
+        ) as pool:
             return list(pool.map(self._open, range(len(self.files))))
 
     def _open(self, i: int) -> pq.ParquetFile:
@@ -148,8 +165,16 @@ class ParquetStore(BlockStore):
 
     def __getstate__(self) -> dict:
         # File handles, requests in flight and decoded row groups stay in the process that opened them.
-        return {**self.__dict__, "_handles": {}, "_cache": OrderedDict(), "_remotes": {}, "_lock": None, "_ahead": {}, "_ahead_bytes": 0,
-                "_from_disk": set()}
+        return {
+            **self.__dict__,
+            "_handles": {},
+            "_cache": OrderedDict(),
+            "_remotes": {},
+            "_lock": None,
+            "_ahead": {},
+            "_ahead_bytes": 0,
+            "_from_disk": set(),
+        }
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -162,7 +187,7 @@ class ParquetStore(BlockStore):
             span = self._spans[b] = row_group_span(self._footers[self._block_file[b]], self._block_rg[b], self.columns)
         return span
 
-    def _read(self, b: int, ahead: Optional[tuple[Future, int]] = None) -> pa.Table:
+    def _read(self, b: int, ahead: tuple[Future, int] | None = None) -> pa.Table:
         """Row group ``b``, decoded; from the bytes fetched ahead (``ahead``) when there are some."""
         f, g = self._block_file[b], self._block_rg[b]
         try:
@@ -192,7 +217,7 @@ class ParquetStore(BlockStore):
         f = self._block_file[b]
         return self._disk.key(self.files[f], self._digests[f], start, end)
 
-    def _from_cache(self, b: int) -> Optional[bytes]:
+    def _from_cache(self, b: int) -> bytes | None:
         """Row group ``b``'s bytes from the node's disk cache, if it is on and holds them."""
         if self._disk is None:
             return None
@@ -285,7 +310,9 @@ class ParquetStore(BlockStore):
             return
         # One search over all the rows rather than one per batch: this runs each batch, over the
         # rows of ~a hundred batches.
-        blocks, first = np.unique(np.searchsorted(self._block_end, np.concatenate(rows), side="right"), return_index=True)
+        blocks, first = np.unique(
+            np.searchsorted(self._block_end, np.concatenate(rows), side="right"), return_index=True
+        )
         for b in blocks[np.argsort(first, kind="stable")].tolist():
             if b not in self._cache and b not in self._ahead:
                 yield b
@@ -297,8 +324,12 @@ class ParquetStore(BlockStore):
         runs: list[list[int]] = []
         for b in sorted(blocks, key=lambda b: (self._block_file[b], self._span(b)[0])):
             run = runs[-1] if runs else None
-            if (run is not None and self._block_file[run[-1]] == self._block_file[b] and self._span(run[-1])[1] == self._span(b)[0]
-                    and self._span(b)[1] - self._span(run[0])[0] <= self._request_bytes):
+            if (
+                run is not None
+                and self._block_file[run[-1]] == self._block_file[b]
+                and self._span(run[-1])[1] == self._span(b)[0]
+                and self._span(b)[1] - self._span(run[0])[0] <= self._request_bytes
+            ):
                 run.append(b)
             else:
                 runs.append([b])

@@ -33,13 +33,24 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Optional
+from typing import Any
 
 from ..spec import Remote
 
 log = logging.getLogger(__name__)
 
-__all__ = ["RemoteFile", "RemoteReadError", "fetch", "fetch_async", "is_remote", "open_remote", "opened", "over_network", "retried", "retried_tables"]
+__all__ = [
+    "RemoteFile",
+    "RemoteReadError",
+    "fetch",
+    "fetch_async",
+    "is_remote",
+    "open_remote",
+    "opened",
+    "over_network",
+    "retried",
+    "retried_tables",
+]
 
 # Statuses worth another try (as in huggingface_hub's and s3fs's own retry rules).
 _TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -60,7 +71,7 @@ def is_remote(path: str) -> bool:
     return "://" in path and not path.startswith("file://")
 
 
-def _status(err: BaseException) -> Optional[int]:
+def _status(err: BaseException) -> int | None:
     for holder in (err, getattr(err, "response", None)):
         for name in ("status", "status_code", "code"):
             value = getattr(holder, name, None)
@@ -76,7 +87,9 @@ def _transient(err: BaseException) -> bool:
     if status is not None:
         return status in _TRANSIENT_STATUS
     # Timeouts, resets and refused connections carry no status.
-    return isinstance(err, OSError) or any(word in cls.__name__ for cls in type(err).__mro__ for word in _TRANSIENT_NAMES)
+    return isinstance(err, OSError) or any(
+        word in cls.__name__ for cls in type(err).__mro__ for word in _TRANSIENT_NAMES
+    )
 
 
 class _RangeFile(io.RawIOBase):
@@ -134,12 +147,12 @@ class RemoteFile(_RangeFile):
             return self.tail[start - lo : end - lo]
         return fetch(self.fs, self.path, start, lo, self.settings) + self.tail[: end - lo]
 
-    def fetch_later(self, start: int, end: int) -> "Future[bytes]":
+    def fetch_later(self, start: int, end: int) -> Future[bytes]:
         """Bytes ``[start, end)``, fetched in the background with the same retries."""
         return _later(self.fs, self.path, start, end, self.settings)
 
 
-def _later(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> "Future[bytes]":
+def _later(fs: Any, path: str, start: int, end: int | None, settings: Remote) -> Future[bytes]:
     """:func:`fetch` in the background: a coroutine on the event loop of an async filesystem, else
     a thread of this process's pool."""
     import fsspec.asyn
@@ -148,7 +161,9 @@ def _later(fs: Any, path: str, start: int, end: Optional[int], settings: Remote)
         return asyncio.run_coroutine_threadsafe(fetch_async(fs, path, start, end, settings), fs.loop)
     pool = _THREADS.get(os.getpid())
     if pool is None:
-        pool = _THREADS[os.getpid()] = ThreadPoolExecutor(max(1, settings.read_ahead), thread_name_prefix="lightning_stream-fetch")
+        pool = _THREADS[os.getpid()] = ThreadPoolExecutor(
+            max(1, settings.read_ahead), thread_name_prefix="lightning_stream-fetch"
+        )
     return pool.submit(fetch, fs, path, start, end, settings)
 
 
@@ -187,19 +202,21 @@ def retried(call: Callable[[], Any], what: str, settings: Remote) -> Any:
             time.sleep(tries.after(err))
 
 
-def _whole(data: bytes, start: int, end: Optional[int]) -> bytes:
+def _whole(data: bytes, start: int, end: int | None) -> bytes:
     if end is not None and len(data) != end - start:  # a suffix (``start < 0``, no end): its caller checks it
         raise ConnectionError(f"short read: {len(data)} of {end - start} bytes")
     return data
 
 
-def fetch(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> bytes:
+def fetch(fs: Any, path: str, start: int, end: int | None, settings: Remote) -> bytes:
     """Bytes ``[start, end)`` of ``path``, retried on transient failures; ``start=-n, end=None``:
     its last ``n`` bytes (a suffix range, no size needed)."""
-    return retried(lambda: _whole(fs.cat_file(path, start=start, end=end), start, end), f"{path} (bytes {start}-{end})", settings)
+    return retried(
+        lambda: _whole(fs.cat_file(path, start=start, end=end), start, end), f"{path} (bytes {start}-{end})", settings
+    )
 
 
-async def fetch_async(fs: Any, path: str, start: int, end: Optional[int], settings: Remote) -> bytes:
+async def fetch_async(fs: Any, path: str, start: int, end: int | None, settings: Remote) -> bytes:
     """:func:`fetch` as a coroutine of an async filesystem, on its event loop."""
     tries = _Tries(f"{path} (bytes {start}-{end})", settings)
     while True:
@@ -218,12 +235,14 @@ def _with_timeout(options: dict, settings: Remote) -> dict:
 
     options = dict(options)
     client = dict(options.pop("client_kwargs", {}))
-    client.setdefault("timeout", aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout))
+    client.setdefault(
+        "timeout", aiohttp.ClientTimeout(total=None, sock_connect=settings.timeout, sock_read=settings.timeout)
+    )
     options["client_kwargs"] = client
     return options
 
 
-def stream_storage_options(source: Any) -> Optional[dict]:
+def stream_storage_options(source: Any) -> dict | None:
     """The ``storage_options`` for ``datasets.load_dataset`` of a stream over HTTP(S) URLs: the
     user's, with :func:`_with_timeout` for the http and https protocols (``datasets`` keys them by
     protocol, or takes unkeyed ones for every protocol). None when nothing is read over HTTP."""
@@ -241,14 +260,18 @@ def stream_storage_options(source: Any) -> Optional[dict]:
     return options
 
 
-def open_remote(path: str, settings: Remote, storage_options: dict, size: Optional[int] = None, tail: int = 0) -> RemoteFile:
+def open_remote(
+    path: str, settings: Remote, storage_options: dict, size: int | None = None, tail: int = 0
+) -> RemoteFile:
     """The file at ``path``; its size asked once, with the same retries, unless given. With
     ``tail``, its last ``tail`` bytes are fetched too, at the same time as the size (a footer in
     one round trip where asking the size, then reading the end, takes two); a tail that fails or
     comes back short is left out, and those bytes are read by range when asked."""
     import fsspec
 
-    options = _with_timeout(storage_options, settings) if path.startswith(("http://", "https://")) else dict(storage_options)
+    options = (
+        _with_timeout(storage_options, settings) if path.startswith(("http://", "https://")) else dict(storage_options)
+    )
     fs, resolved = fsspec.core.url_to_fs(path, **options)
     kept = _FILESYSTEMS.setdefault(os.getpid(), [])
     if not any(fs is other for other in kept):
@@ -271,7 +294,7 @@ def open_remote(path: str, settings: Remote, storage_options: dict, size: Option
     return RemoteFile(fs, resolved, size, settings, _tail_of(ending, size, tail))
 
 
-def _tail_of(ending: "Optional[Future[bytes]]", size: int, tail: int) -> bytes:
+def _tail_of(ending: Future[bytes] | None, size: int, tail: int) -> bytes:
     """The last ``min(tail, size)`` bytes from ``ending``, or nothing if it failed or does not check
     (a server that ignores the range sends the whole file: its end is kept)."""
     if ending is None:
@@ -298,11 +321,13 @@ class Span(_RangeFile):
     def _range(self, start: int, end: int) -> bytes:
         lo, hi = start - self.start, end - self.start
         if lo < 0 or hi > len(self.data):
-            raise OSError(f"{self.where}: bytes {start}-{end} were not fetched (fetched {self.start}-{self.start + len(self.data)})")
+            raise OSError(
+                f"{self.where}: bytes {start}-{end} were not fetched (fetched {self.start}-{self.start + len(self.data)})"
+            )
         return self.data[lo:hi]
 
 
-def row_group_span(meta: Any, group: int, columns: Optional[list[str]]) -> tuple[int, int]:
+def row_group_span(meta: Any, group: int, columns: list[str] | None) -> tuple[int, int]:
     """Byte range ``[start, end)`` of the column chunks of row group ``group`` (of ``columns``)."""
     rg = meta.row_group(group)
     starts, ends = [], []
@@ -331,7 +356,7 @@ def over_network(source: Any) -> bool:
     return any(is_remote(f) for f in ([files] if isinstance(files, str) else files))
 
 
-def _probe(url: str, source: Any) -> Optional[BaseException]:
+def _probe(url: str, source: Any) -> BaseException | None:
     """Whether ``url`` answers (one try): None if it does, else the error (a FileNotFoundError when
     it is missing). A file ``datasets`` said was missing may be on a server that did not answer."""
     options = source.load_kwargs.get("storage_options", {})
@@ -342,7 +367,7 @@ def _probe(url: str, source: Any) -> Optional[BaseException]:
     return None
 
 
-def _stream_transient(err: BaseException, source: Any) -> Optional[BaseException]:
+def _stream_transient(err: BaseException, source: Any) -> BaseException | None:
     """For a stream's error, the transient failure to count and report (``err``, or what a URL that
     ``datasets`` called missing really did), or None for a permanent one. Transient: :func:`_transient`,
     also down its causes (``raise ... from``), or a failed request that ``datasets`` reported as
@@ -363,7 +388,9 @@ def _stream_transient(err: BaseException, source: Any) -> Optional[BaseException
     silent = {url: p for url, p in probes.items() if p is not None}
     if not silent:
         return missing
-    return ConnectionError("; ".join(f"{url} did not answer ({type(p).__name__}: {str(p) or 'timed out'})" for url, p in silent.items()))
+    return ConnectionError(
+        "; ".join(f"{url} did not answer ({type(p).__name__}: {str(p) or 'timed out'})" for url, p in silent.items())
+    )
 
 
 def opened(load: Callable[[], Any], source: Any) -> Any:
@@ -394,7 +421,12 @@ def _datasets_retries(settings: Remote) -> Iterator[None]:
     tries, 5 s apart) take ``settings``' count and first wait while ours read; then back as they were."""
     import datasets.config as config
 
-    names = ("STREAMING_READ_MAX_RETRIES", "STREAMING_OPEN_MAX_RETRIES", "STREAMING_READ_RETRY_INTERVAL", "STREAMING_OPEN_RETRY_INTERVAL")
+    names = (
+        "STREAMING_READ_MAX_RETRIES",
+        "STREAMING_OPEN_MAX_RETRIES",
+        "STREAMING_READ_RETRY_INTERVAL",
+        "STREAMING_OPEN_RETRY_INTERVAL",
+    )
     saved = {name: getattr(config, name) for name in names}
     config.STREAMING_READ_MAX_RETRIES = config.STREAMING_OPEN_MAX_RETRIES = settings.retries
     config.STREAMING_READ_RETRY_INTERVAL = config.STREAMING_OPEN_RETRY_INTERVAL = settings.backoff
@@ -410,9 +442,9 @@ def retried_tables(read: Callable[[], Iterator[Any]], what: str, source: Any) ->
     failure the shard is read again from its start and the rows already given are skipped, so
     each row comes once. ``Remote.retries`` counts the failures in a row, without a table between."""
     settings = source.remote
-    tables: Optional[Iterator[Any]] = None
+    tables: Iterator[Any] | None = None
     given = skip = 0
-    tries: Optional[_Tries] = None
+    tries: _Tries | None = None
     while True:
         try:
             with _datasets_retries(settings):

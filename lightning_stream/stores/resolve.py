@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Optional
 
 import datasets
 
@@ -42,21 +41,24 @@ def resolve_files(source: Source) -> list[str]:
         try:
             found = datasets.data_files.resolve_pattern(pattern, base_path=base)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"Source(path={source.path!r}): no file matches {pattern!r} (under {os.path.abspath(base)})") from err
+            raise FileNotFoundError(
+                f"Source(path={source.path!r}): no file matches {pattern!r} (under {os.path.abspath(base)})"
+            ) from err
         files.extend(sorted(found))
     return files
 
 
-def builder_of(source: Source) -> Optional[str]:
+def builder_of(source: Source) -> str | None:
     """``"save_to_disk"``, ``"arrow"`` or ``"parquet"`` when known without ``datasets``' help, else None."""
     if os.path.isdir(source.path) and (
-        os.path.exists(os.path.join(source.path, "state.json")) or os.path.exists(os.path.join(source.path, "dataset_dict.json"))
+        os.path.exists(os.path.join(source.path, "state.json"))
+        or os.path.exists(os.path.join(source.path, "dataset_dict.json"))
     ):
         return "save_to_disk"
     return source.path if source.path in {"parquet", "arrow"} else None
 
 
-def parquet_repo_files(source: Source) -> Optional[list[str]]:
+def parquet_repo_files(source: Source) -> list[str] | None:
     """The parquet files of a hub id or local repo, when ``datasets`` resolves it to parquet."""
     try:
         builder = _builder(source)
@@ -71,7 +73,7 @@ def parquet_repo_files(source: Source) -> Optional[list[str]]:
     return [str(f) for f in files]
 
 
-def local_data_files(source: Source) -> Optional[list[str]]:
+def local_data_files(source: Source) -> list[str] | None:
     """The local files ``datasets`` reads for ``source.split``, listed once: a stream opened again in
     each worker is given this list, not the pattern, so a file that appears mid-run is read by no
     process rather than by some. None for files on a network (a hub id, URLs)."""
@@ -82,7 +84,7 @@ def local_data_files(source: Source) -> Optional[list[str]]:
     return [str(f) for f in files] if files else None
 
 
-def split_files(source: Source) -> Optional[dict]:
+def split_files(source: Source) -> dict | None:
     """``source.data_files`` keyed by its split, as ``datasets`` takes them: files given without a
     split are read as ``"train"`` there, and ``split="validation"`` would find none."""
     return None if source.data_files is None else {source.split: source.data_files}
@@ -92,7 +94,9 @@ def _builder(source: Source) -> datasets.DatasetBuilder:
     """``datasets``' builder of ``source``; a local folder with no data file in it says so."""
     kwargs = {k: v for k, v in source.load_kwargs.items() if k in ("revision", "token")}
     try:
-        return datasets.load_dataset_builder(source.path, source.name, data_dir=source.data_dir, data_files=split_files(source), **kwargs)
+        return datasets.load_dataset_builder(
+            source.path, source.name, data_dir=source.data_dir, data_files=split_files(source), **kwargs
+        )
     except FileNotFoundError as err:
         from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
 
@@ -107,7 +111,11 @@ def _unreachable(err: BaseException) -> bool:
     seen = 0
     while err is not None and seen < 10:
         names = {cls.__name__ for cls in type(err).__mro__}
-        if isinstance(err, (ConnectionError, TimeoutError)) or names & {"TimeoutException", "NetworkError", "OfflineModeIsEnabled"}:
+        if isinstance(err, (ConnectionError, TimeoutError)) or names & {
+            "TimeoutException",
+            "NetworkError",
+            "OfflineModeIsEnabled",
+        }:
             return True
         err, seen = err.__cause__, seen + 1
     return False

@@ -13,11 +13,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from typing import Optional
-
-import pyarrow as pa
 
 import datasets
+import pyarrow as pa
 
 from ..order import block_permutation, window_permutation
 from ..spec import Source
@@ -62,19 +60,24 @@ class StreamStore:
             self._load_kwargs["data_files"] = {source.split: self._files}
             for f in self._files:  # a tar cut inside a member is read short, silently
                 check_whole(f)
-        self._ids: Optional[datasets.IterableDataset] = None
+        self._ids: datasets.IterableDataset | None = None
         ids = self._opened()
         self.where = source.path if source.data_files is None else f"{source.path}:{source.data_files}"
         self.num_shards = ids.num_shards
         self._inferred = ids.features
-        self.features: Optional[datasets.Features] = ids.features
+        self.features: datasets.Features | None = ids.features
         if self.features is not None:
             self.features = select_columns(self.features, source.columns, self.where)
         splits = (ids.info.splits or {}) if ids.info else {}
         info = splits.get(source.split) if hasattr(splits, "get") else None
-        self.num_rows: Optional[int] = info.num_examples if info is not None and info.num_examples else None
+        self.num_rows: int | None = info.num_examples if info is not None and info.num_examples else None
         if self._files is not None:  # local files: their base names and contents (the data may move)
-            named = [source.name, source.split, self.num_shards, [[os.path.basename(f), file_digest(f)] for f in self._files]]
+            named = [
+                source.name,
+                source.split,
+                self.num_shards,
+                [[os.path.basename(f), file_digest(f)] for f in self._files],
+            ]
         else:
             named = [source.path, source.name, str(source.data_files), source.split, self.num_shards]
         self.fingerprint = fingerprint(named)
@@ -108,7 +111,10 @@ class StreamStore:
         if options is not None:
             kwargs["storage_options"] = options
         try:
-            ids = opened(lambda: datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs), self._source)
+            ids = opened(
+                lambda: datasets.load_dataset(self._source.path, split=self._source.split, streaming=True, **kwargs),
+                self._source,
+            )
         except FileNotFoundError as err:
             raise FileNotFoundError(f"Source(path={self._source.path!r}): {err}") from err
         if self._source.columns is not None:
@@ -135,7 +141,9 @@ class StreamStore:
             files = self._files if self._files is not None and len(self._files) == self.num_shards else None
             if files is None:
                 raise ValueError(f"cannot read shard {index} of {self.where}: {type(err).__name__}: {err}") from err
-            raise ValueError(f"cannot read {files[index]} (shard {index} of {self.where}): {read_error(files[index], err)}") from err
+            raise ValueError(
+                f"cannot read {files[index]} (shard {index} of {self.where}): {read_error(files[index], err)}"
+            ) from err
 
     def _read_shard(self, index: int) -> Iterator[pa.Table]:
         shard = self._stream().shard(num_shards=self.num_shards, index=index, contiguous=True)
@@ -172,11 +180,18 @@ class StreamWindows:
         epoch: int,
         shuffle: bool,
         window: int,
-        shards: Optional[Sequence[int]] = None,
+        shards: Sequence[int] | None = None,
         lane: int = 0,
         start: tuple[int, int] = (0, 0),
     ) -> None:
-        self.store, self.seed, self.epoch, self.shuffle, self.window, self.lane = store, seed, epoch, shuffle, window, lane
+        self.store, self.seed, self.epoch, self.shuffle, self.window, self.lane = (
+            store,
+            seed,
+            epoch,
+            shuffle,
+            window,
+            lane,
+        )
         if shards is None:  # the whole stream, in the epoch's shard order
             shards = block_permutation(store.num_shards, seed=seed, epoch=epoch, shuffle=shuffle)
         first_shard, self._read = start
@@ -188,7 +203,7 @@ class StreamWindows:
         self._shard_starts: list[tuple[int, int]] = []  # (k, row) of the shards begun, newest last
         self._next_window = -(-self._read // window)  # the first window that starts at or after ``row``
         self._skip = self._next_window * window - self._read  # rows of the start shard before that window
-        self.num_rows: Optional[int] = None  # known once the stream has ended
+        self.num_rows: int | None = None  # known once the stream has ended
 
     def _read_from(self, shards: list[int], first: int) -> Iterator[pa.Table]:
         for k in range(first, len(shards)):
@@ -213,7 +228,11 @@ class StreamWindows:
             self._pending.append(table)
             self._pending_rows += table.num_rows
         if self._skip:
-            rows = pa.concat_tables(self._pending, promote_options="permissive") if len(self._pending) > 1 else self._pending[0]
+            rows = (
+                pa.concat_tables(self._pending, promote_options="permissive")
+                if len(self._pending) > 1
+                else self._pending[0]
+            )
             rows = rows.slice(min(self._skip, rows.num_rows))
             self._pending, self._pending_rows, self._skip = [rows], rows.num_rows, 0
         if not self._pending_rows:
@@ -224,11 +243,19 @@ class StreamWindows:
             self._shard_starts.pop(0)
         self._anchors = {k: v for k, v in self._anchors.items() if k >= w - 1}
         self._anchors[w] = self._shard_starts[0]
-        rows = pa.concat_tables(self._pending, promote_options="permissive").combine_chunks() if len(self._pending) > 1 else self._pending[0]
+        rows = (
+            pa.concat_tables(self._pending, promote_options="permissive").combine_chunks()
+            if len(self._pending) > 1
+            else self._pending[0]
+        )
         head, tail = rows.slice(0, self.window), rows.slice(self.window)
         self._pending, self._pending_rows = ([tail], tail.num_rows) if tail.num_rows else ([], 0)
         if self.shuffle:
-            head = head.take(pa.array(window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w, lane=self.lane)))
+            head = head.take(
+                pa.array(
+                    window_permutation(head.num_rows, seed=self.seed, epoch=self.epoch, window_index=w, lane=self.lane)
+                )
+            )
         self._windows[w] = head
         self._next_window += 1
         if head.num_rows < self.window:

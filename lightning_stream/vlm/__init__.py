@@ -48,7 +48,19 @@ _EXPORTS = {
     "load_processor": "processor",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ShapesData",
+    "VLMCollator",
+    "VLMTransform",
+    "VisionLanguageModel",
+    "build_family",
+    "build_tiny_vlm",
+    "load_image",
+    "load_processor",
+    "make_shape_chats",
+    "make_shapes",
+]
+assert sorted(_EXPORTS) == __all__  # one list of names, written twice only for linters
 
 
 def __getattr__(name: str) -> Any:

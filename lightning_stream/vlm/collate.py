@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VLMCollator"]
 
+
 class VLMCollator:
     """Collate ``list[dict]`` rows into ``dict[str, torch.Tensor]``.
 
@@ -82,6 +83,12 @@ class VLMCollator:
         self.padding_side = padding_side
         self.images_per_row = images_per_row
         self._lazy = LazyProcessor(processor, processor_kwargs) if processor else None
+
+    def preflight(self) -> None:
+        """Load the processor once in the main process: one that cannot load is a
+        :class:`~lightning_stream.vlm.errors.ProcessorLoadError` before any row is read."""
+        if self._lazy is not None:
+            self._lazy.load()
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -152,9 +159,7 @@ class VLMCollator:
             if seq.ndim != 1:
                 raise ValueError(f"{key!r} of row {index} must be 1-D, got shape {tuple(seq.shape)}")
             if len(seq) != lengths[index]:
-                raise ValueError(
-                    f"row {index}: {key!r} has {len(seq)} entries but 'input_ids' has {lengths[index]}"
-                )
+                raise ValueError(f"row {index}: {key!r} has {len(seq)} entries but 'input_ids' has {lengths[index]}")
             if self.padding_side == "right":
                 out[index, : len(seq)] = seq
             else:

@@ -30,8 +30,15 @@ from typing import Any
 __all__ = ["Conversation", "Columns", "COLUMNS", "FORMATS", "detect_format", "read_row"]
 
 FORMATS = ("qa", "llava", "messages", "cauldron")
-_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
-          "model": "assistant", "bot": "assistant", "system": "system"}
+_ROLES = {
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "system": "system",
+}
 _PLACEHOLDER = re.compile(r"<image>")
 
 
@@ -73,10 +80,7 @@ def detect_format(batch: dict[str, list], columns: Columns) -> str:
     """The format of a batch, from its columns (and, for a named turns column, its content)."""
     if columns.conversation is not None:
         if columns.conversation not in batch:
-            raise ValueError(
-                f"conversation column {columns.conversation!r} not in batch; "
-                f"columns are {sorted(batch)}"
-            )
+            raise ValueError(f"conversation column {columns.conversation!r} not in batch; columns are {sorted(batch)}")
         for value in batch[columns.conversation]:
             if value:
                 return _format_of_turn(value[0], columns.conversation)
@@ -126,10 +130,7 @@ def read_row(row: dict[str, Any], fmt: str, columns: Columns, name: str = "row 0
     required = [columns.question, columns.answer] if fmt == "qa" else [columns.turns(fmt)]
     for column in required:
         if column not in row:
-            raise ValueError(
-                f"{fmt} rows need column {column!r}, which is not in the batch; columns are "
-                f"{sorted(row)}"
-            )
+            raise ValueError(f"{fmt} rows need column {column!r}, which is not in the batch; columns are {sorted(row)}")
     reader = {"qa": _qa, "llava": _llava, "messages": _messages, "cauldron": _cauldron}[fmt]
     conv = reader(row, columns, images, name)
     conv.image_column = source or columns.image
@@ -148,8 +149,7 @@ def _image_list(value: Any) -> list[Any]:
 def _text(value: Any, column: str, name: str, what: str = "text") -> str:
     if not isinstance(value, str):
         raise ValueError(
-            f"{what} column {column!r}: {name}: expected a string, got "
-            f"{type(value).__name__} {_short(value)}"
+            f"{what} column {column!r}: {name}: expected a string, got {type(value).__name__} {_short(value)}"
         )
     return value
 
@@ -190,7 +190,9 @@ def _qa(row: dict[str, Any], columns: Columns, images: list[Any], name: str) -> 
     return Conversation(messages, images)
 
 
-def _turn_list(row: dict[str, Any], columns: Columns, kind: str, keys: tuple[str, str], name: str, what: str, plural: str) -> tuple[str, list]:
+def _turn_list(
+    row: dict[str, Any], columns: Columns, kind: str, keys: tuple[str, str], name: str, what: str, plural: str
+) -> tuple[str, list]:
     """The turns of a conversation column, each checked to be a dict with ``keys``."""
     column = columns.turns(kind)
     turns = row[column]
@@ -247,15 +249,12 @@ def _messages(row: dict[str, Any], columns: Columns, images: list[Any], name: st
                     )
         else:
             raise ValueError(
-                f"column {column!r}: {name}: content must be a string or a list of parts, "
-                f"got {type(content).__name__}"
+                f"column {column!r}: {name}: content must be a string or a list of parts, got {type(content).__name__}"
             )
         messages.append({"role": role, "content": parts})
     if inline:
         if images:
-            raise ValueError(
-                f"{name}: images both inline in {column!r} and in the images column; keep one"
-            )
+            raise ValueError(f"{name}: images both inline in {column!r} and in the images column; keep one")
         images = inline
     return _with_image_marks(messages, images)
 
@@ -274,9 +273,7 @@ def _cauldron(row: dict[str, Any], columns: Columns, images: list[Any], name: st
 def _role(value: Any, column: str, name: str) -> str:
     role = _ROLES.get(value) if isinstance(value, str) else None
     if role is None:
-        raise ValueError(
-            f"column {column!r}: {name}: unknown role {value!r}; known: {sorted(_ROLES)}"
-        )
+        raise ValueError(f"column {column!r}: {name}: unknown role {value!r}; known: {sorted(_ROLES)}")
     return role
 
 
@@ -285,8 +282,9 @@ def _check(conv: Conversation, column: str, name: str) -> None:
     for message in conv.messages:
         images = sum(p["type"] == "image" for p in message["content"])
         if images and message["role"] == "assistant":
-            raise ValueError(f"column {column!r}: {name}: an assistant turn holds an image; "
-                             "images belong to user (or system) turns")
+            raise ValueError(
+                f"column {column!r}: {name}: an assistant turn holds an image; images belong to user (or system) turns"
+            )
         marks += images
     if marks != len(conv.images):
         raise ValueError(

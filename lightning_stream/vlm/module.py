@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
+from lightning_stream._compat import merge_images_in_embedding_dtype
 from lightning_stream.schedules import warmup_cosine
+from lightning_stream.vlm.errors import ModelLoadError
 from lightning_stream.vlm.images import load_image
 from lightning_stream.vlm.processor import LazyProcessor, render_prompt
 from lightning_stream.vlm.transform import IGNORE_INDEX
@@ -123,13 +125,17 @@ class VisionLanguageModel(pl.LightningModule):
         kwargs: dict[str, Any] = {}
         if hp.attn_implementation:
             kwargs["attn_implementation"] = hp.attn_implementation
-        if self._random_init():
-            log.info("initialising %s from its config (random weights)", path)
-            config = AutoConfig.from_pretrained(path)
-            model = AutoModelForImageTextToText.from_config(config, **kwargs)
-        else:
-            log.info("loading pretrained weights from %s", path)
-            model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        try:
+            if self._random_init():
+                log.info("initialising %s from its config (random weights)", path)
+                config = AutoConfig.from_pretrained(path)
+                model = AutoModelForImageTextToText.from_config(config, **kwargs)
+            else:
+                log.info("loading pretrained weights from %s", path)
+                model = AutoModelForImageTextToText.from_pretrained(path, **kwargs)
+        except Exception as err:
+            raise ModelLoadError.of(path, err) from err
+        merge_images_in_embedding_dtype(model)  # bf16-mixed: see _compat
         model.config.use_cache = False  # a KV cache only costs memory when training
         if hp.freeze_vision_tower:
             _vision_tower(model).requires_grad_(False)
@@ -261,9 +267,7 @@ class VisionLanguageModel(pl.LightningModule):
             return optimizer
         total = max(1, int(total))
         warmup = int(hp.warmup_ratio * total)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, warmup_cosine(warmup, total, hp.min_lr_ratio)
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, hp.min_lr_ratio))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- predict
@@ -279,14 +283,9 @@ class VisionLanguageModel(pl.LightningModule):
         proc = self._lazy.processor
         tokenizer = self._lazy.tokenizer
         prompt = render_prompt(proc, question, None, self.hparams.system_prompt)
-        inputs = proc(
-            images=[load_image(image)], text=prompt, add_special_tokens=False, return_tensors="pt"
-        )
+        inputs = proc(images=[load_image(image)], text=prompt, add_special_tokens=False, return_tensors="pt")
         dtype = next(self.model.parameters()).dtype
-        inputs = {
-            k: v.to(self.device, dtype=dtype if v.is_floating_point() else None)
-            for k, v in inputs.items()
-        }
+        inputs = {k: v.to(self.device, dtype=dtype if v.is_floating_point() else None) for k, v in inputs.items()}
         was_training = self.model.training
         self.model.eval()
         try:
@@ -322,6 +321,5 @@ def _vision_tower(model: Any) -> torch.nn.Module:
             return module
     children = [name for name, _ in model.named_children()]
     raise ValueError(
-        f"cannot find the vision tower of {type(model).__name__} (tried {_VISION_TOWERS}); "
-        f"its children are {children}"
+        f"cannot find the vision tower of {type(model).__name__} (tried {_VISION_TOWERS}); its children are {children}"
     )

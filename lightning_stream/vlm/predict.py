@@ -29,9 +29,7 @@ log = logging.getLogger(__name__)
 __all__ = ["load_checkpoint", "answer"]
 
 
-def load_checkpoint(
-    ckpt_path: str, model_dir: str | None = None, map_location: str = "cpu"
-) -> VisionLanguageModel:
+def load_checkpoint(ckpt_path: str, model_dir: str | None = None, map_location: str = "cpu") -> VisionLanguageModel:
     """Load a :class:`VisionLanguageModel` from a Lightning ``.ckpt``, ready for inference.
 
     The architecture is built from the config (``from_scratch=True``), so no pretrained
@@ -43,9 +41,7 @@ def load_checkpoint(
     overrides: dict[str, Any] = {"from_scratch": True}
     if model_dir is not None:
         overrides.update(model_name_or_path=model_dir, processor=model_dir)
-    model = VisionLanguageModel.load_from_checkpoint(
-        ckpt_path, map_location=map_location, **overrides
-    )
+    model = VisionLanguageModel.load_from_checkpoint(ckpt_path, map_location=map_location, **overrides)
     return model.eval()
 
 

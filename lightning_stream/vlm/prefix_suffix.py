@@ -23,9 +23,7 @@ __all__ = ["encode_prefix_suffix"]
 _IGNORE = -100
 
 
-def encode_prefix_suffix(
-    processor: Any, conv: Conversation, max_length: int | None, row: str
-) -> dict[str, Any]:
+def encode_prefix_suffix(processor: Any, conv: Conversation, max_length: int | None, row: str) -> dict[str, Any]:
     """Encode a one-question, one-answer conversation as PaliGemma's prefix and suffix."""
     prefix, suffix = _prefix_and_suffix(conv, row)
     tokenizer = processor.tokenizer

@@ -15,9 +15,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from .errors import ProcessorLoadError
+
 log = logging.getLogger(__name__)
 
-__all__ = ["LazyProcessor", "load_processor", "without_video", "render_prompt", "build_messages"]
+__all__ = ["LazyProcessor", "ProcessorLoadError", "build_messages", "load_processor", "render_prompt", "without_video"]
 
 
 class LazyProcessor:
@@ -49,6 +51,10 @@ class LazyProcessor:
             self._processor = load_processor(self.name_or_path, **self.kwargs)
         return self._processor
 
+    def load(self) -> Any:
+        """The processor, loaded now if it was not yet."""
+        return self.processor
+
     @property
     def tokenizer(self) -> Any:
         proc = self.processor
@@ -67,22 +73,55 @@ def load_processor(name_or_path: str, **kwargs: Any) -> Any:
 
     Qwen-VL, SmolVLM and LLaVA-OneVision processors carry a video processor, and every
     video processor needs torchvision, even to train on images. Without torchvision the
-    processor is built without it (images and text work; videos raise) and image
-    processors take their PIL backend. A torchvision that is installed but does not import
-    (a CUDA build next to a CPU torch) is reported, not silently worked around.
+    processor is built without it (images and text work; videos raise) and its image
+    processor is the PIL one, loaded here where the installed transformers cannot pick it
+    itself (SmolVLM/Idefics3 checkpoints name the torchvision class). A torchvision that is
+    installed but does not import (a CUDA build next to a CPU torch) is reported, not
+    silently worked around. Any failure is a :class:`ProcessorLoadError` naming the path,
+    the class and the fix.
 
     Example:
         >>> load_processor("HuggingFaceTB/SmolVLM-256M-Instruct")  # doctest: +SKIP
     """
     from transformers import AutoProcessor
 
-    if _torchvision_imports():
-        return AutoProcessor.from_pretrained(name_or_path, **kwargs)
-    cls = _processor_class(name_or_path, kwargs)
-    if cls is None or "video_processor" not in cls.get_attributes():
-        return AutoProcessor.from_pretrained(name_or_path, **kwargs)
-    log.info("torchvision not installed: loading %s without its video processor", cls.__name__)
-    return without_video(cls).from_pretrained(name_or_path, **kwargs)
+    cls: type | None = None
+    try:
+        if _torchvision_imports():
+            try:
+                return AutoProcessor.from_pretrained(name_or_path, **kwargs)
+            except OSError as err:
+                # A processor saved without its video processor (as build_family and any
+                # torchvision-less machine save them) does not load back where torchvision is.
+                cls = _processor_class(name_or_path, kwargs)
+                if "video" not in str(err).lower() or cls is None or "video_processor" not in cls.get_attributes():
+                    raise
+                log.info("%s has no video processor saved: loading %s without one", name_or_path, cls.__name__)
+                return without_video(cls).from_pretrained(name_or_path, **kwargs)
+        cls = _processor_class(name_or_path, kwargs)
+        if cls is None or not {"image_processor", "video_processor"} & set(cls.get_attributes()):
+            return AutoProcessor.from_pretrained(name_or_path, **kwargs)
+        log.info("torchvision not installed: loading %s with PIL image processing, without video", cls.__name__)
+        try:
+            return without_video(cls).from_pretrained(name_or_path, **kwargs)
+        except Exception as err:
+            # transformers 5.5-5.24 cannot resolve a saved torchvision image processor class
+            # (every SmolVLM checkpoint names one) to its PIL twin: we do it ourselves.
+            if "torchvision" not in str(err).lower() and "image processor" not in str(err).lower():
+                raise
+            image = _pil_image_processor(name_or_path, kwargs)
+            if image is None:
+                raise
+            return _assemble(cls, name_or_path, image, kwargs)
+    except ProcessorLoadError:
+        raise
+    except Exception as err:
+        if cls is None:
+            try:  # name the class in the message where the folder says which it is
+                cls = _processor_class(name_or_path, kwargs)
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                cls = None
+        raise ProcessorLoadError.of(name_or_path, cls, err) from err
 
 
 def without_video(cls: type) -> type:
@@ -96,26 +135,70 @@ def without_video(cls: type) -> type:
         >>> without_video(Qwen2VLProcessor).get_attributes()
         ['image_processor', 'tokenizer']
     """
+    given: dict[str, Any] = {"video_processor": None}
+    attributes = [a for a in cls.get_attributes() if a not in given]
 
-    attributes = [a for a in cls.get_attributes() if a != "video_processor"]
+    def _given(processor_dict: dict[str, Any], kwargs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        # A saved video processor config is not ours to build; some processors make the
+        # argument required, so it is passed, as None.
+        return {k: v for k, v in processor_dict.items() if k not in given}, {**kwargs, **given}
 
     class Processor(cls):  # type: ignore[misc, valid-type]
         @classmethod
         def get_attributes(klass) -> list[str]:
             return list(attributes)
 
+        # transformers 5.5-5.24 build the processor in ``from_args_and_dict`` from the loaded
+        # attributes, positionally; 5.25 in ``from_dict``. Both are covered; the loaded
+        # attributes go by name, so that a dropped one cannot shift the others.
         @classmethod
         def from_args_and_dict(klass, args: Any, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
-            # A saved video processor config is not ours to build; some processors make
-            # the argument required, so it is passed, as None.
-            processor_dict = {k: v for k, v in processor_dict.items() if k != "video_processor"}
-            kwargs["video_processor"] = None
-            return super().from_args_and_dict(args, processor_dict, **kwargs)
+            processor_dict, kwargs = _given(processor_dict, {**kwargs, **dict(zip(attributes, args))})
+            return super().from_args_and_dict((), processor_dict, **kwargs)
+
+        @classmethod
+        def from_dict(klass, processor_dict: dict[str, Any], **kwargs: Any) -> Any:
+            processor_dict, kwargs = _given(processor_dict, kwargs)
+            return super().from_dict(processor_dict, **kwargs)
 
     Processor.__name__ = Processor.__qualname__ = cls.__name__
     Processor.__module__ = cls.__module__
     Processor.__doc__ = cls.__doc__
     return Processor
+
+
+def _assemble(cls: type, name_or_path: str, image_processor: Any, kwargs: dict[str, Any]) -> Any:
+    """The processor ``cls`` saved at ``name_or_path``, built around ``image_processor``."""
+    from transformers import AutoTokenizer
+
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+    processor_dict, _ = cls.get_processor_dict(name_or_path, **hub_kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs)
+    extra = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+    return without_video(cls).from_args_and_dict(
+        (), processor_dict, image_processor=image_processor, tokenizer=tokenizer, **extra
+    )
+
+
+def _pil_image_processor(name_or_path: str, kwargs: dict[str, Any]) -> Any:
+    """The saved image processor, as its PIL class; ``None`` where the folder names no class."""
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    from .._compat import pil_image_processor_class
+
+    hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
+    try:
+        config, _ = ImageProcessingMixin.get_image_processor_dict(name_or_path, **hub_kwargs)
+    except (OSError, ValueError):
+        return None
+    name = config.get("image_processor_type")
+    if not name:
+        return None
+    pil = pil_image_processor_class(name)
+    if pil is None:
+        raise ImportError(f"{name} has no PIL image processor in this transformers release", name="torchvision")
+    extra = {k: v for k, v in kwargs.items() if k not in _HUB_KWARGS}
+    return pil.from_pretrained(name_or_path, **hub_kwargs, **extra)
 
 
 def _torchvision_imports() -> bool:
@@ -163,9 +246,7 @@ def _processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type | None:
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")
 
 
-def build_messages(
-    question: str, answer: str | None = None, system_prompt: str | None = None
-) -> list[dict[str, Any]]:
+def build_messages(question: str, answer: str | None = None, system_prompt: str | None = None) -> list[dict[str, Any]]:
     """Chat messages for one image and one question, optionally with the answer turn.
 
     Example:
@@ -175,17 +256,13 @@ def build_messages(
     messages: list[dict[str, Any]] = []
     if system_prompt:
         messages.append({"role": "system", "content": [{"type": "text", "text": system_prompt}]})
-    messages.append(
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}
-    )
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]})
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return messages
 
 
-def render_prompt(
-    processor: Any, question: str, answer: str | None = None, system_prompt: str | None = None
-) -> str:
+def render_prompt(processor: Any, question: str, answer: str | None = None, system_prompt: str | None = None) -> str:
     """Render the chat template to text; without ``answer`` it ends with the generation prompt.
 
     Example:

@@ -34,16 +34,24 @@ CHAT_TEXTS = [
     "And in the second?",
     "What color is the shape?",
     "Where is it?",
-    "yes", "no", "three", "four", "none", "ten",
+    "yes",
+    "no",
+    "three",
+    "four",
+    "none",
+    "ten",
     *[f"How many corners does a {shape} have?" for shape in SHAPES],
 ]
 
 
 def _image(rng: random.Random, image_size: int) -> tuple[dict[str, Any], dict[str, str]]:
-    attrs = {"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)),
-             "size": rng.choice(list(SIZES)), "position": rng.choice(list(POSITIONS))}
-    image = render_shape(attrs["shape"], attrs["color"], attrs["size"], attrs["position"],
-                         image_size, rng)
+    attrs = {
+        "shape": rng.choice(SHAPES),
+        "color": rng.choice(list(COLORS)),
+        "size": rng.choice(list(SIZES)),
+        "position": rng.choice(list(POSITIONS)),
+    }
+    image = render_shape(attrs["shape"], attrs["color"], attrs["size"], attrs["position"], image_size, rng)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return {"bytes": buffer.getvalue(), "path": None}, attrs
@@ -62,22 +70,26 @@ def make_chat_row(index: int, split: str, seed: int, image_size: int) -> dict[st
         (a, first), (b, second) = _image(rng, image_size), _image(rng, image_size)
         same = "yes" if first["color"] == second["color"] else "no"
         messages = [
-            _turn("user", CHAT_TEXTS[0], images=2), _turn("assistant", same),
-            _turn("user", CHAT_TEXTS[1]), _turn("assistant", first["shape"]),
-            _turn("user", CHAT_TEXTS[2]), _turn("assistant", second["shape"]),
+            _turn("user", CHAT_TEXTS[0], images=2),
+            _turn("assistant", same),
+            _turn("user", CHAT_TEXTS[1]),
+            _turn("assistant", first["shape"]),
+            _turn("user", CHAT_TEXTS[2]),
+            _turn("assistant", second["shape"]),
         ]
         images = [a, b]
     elif kind == "single":
         a, attrs = _image(rng, image_size)
         messages = [
-            _turn("user", CHAT_TEXTS[3], images=1), _turn("assistant", attrs["color"]),
-            _turn("user", CHAT_TEXTS[4]), _turn("assistant", attrs["position"]),
+            _turn("user", CHAT_TEXTS[3], images=1),
+            _turn("assistant", attrs["color"]),
+            _turn("user", CHAT_TEXTS[4]),
+            _turn("assistant", attrs["position"]),
         ]
         images = [a]
     else:
         shape = rng.choice(SHAPES)
-        messages = [_turn("user", f"How many corners does a {shape} have?"),
-                    _turn("assistant", _CORNERS[shape])]
+        messages = [_turn("user", f"How many corners does a {shape} have?"), _turn("assistant", _CORNERS[shape])]
         images = []
     return {"images": images, "messages": messages, "id": index}
 
@@ -89,13 +101,18 @@ def make_shape_chats(
     when they exist. Returns the paths per split."""
     import datasets
 
-    features = datasets.Features({
-        "images": datasets.Sequence(datasets.Image()),
-        "messages": [{"role": datasets.Value("string"),
-                      "content": [{"type": datasets.Value("string"),
-                                   "text": datasets.Value("string")}]}],
-        "id": datasets.Value("int64"),
-    })
+    features = datasets.Features(
+        {
+            "images": datasets.Sequence(datasets.Image()),
+            "messages": [
+                {
+                    "role": datasets.Value("string"),
+                    "content": [{"type": datasets.Value("string"), "text": datasets.Value("string")}],
+                }
+            ],
+            "id": datasets.Value("int64"),
+        }
+    )
     paths: dict[str, list[str]] = {}
     os.makedirs(out_dir, exist_ok=True)
     for split, rows in (("train", num_rows), ("val", val_rows)):

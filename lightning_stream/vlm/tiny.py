@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 from lightning_stream.vlm.shapes import corpus
 
@@ -166,9 +167,7 @@ def build_tiny_vlm(
     return out_dir
 
 
-def train_tokenizer(
-    texts: Iterable[str], special_tokens: list[str], vocab_size: int, **kwargs: Any
-) -> Any:
+def train_tokenizer(texts: Iterable[str], special_tokens: list[str], vocab_size: int, **kwargs: Any) -> Any:
     """A byte-level BPE ``PreTrainedTokenizerFast`` trained on ``texts``, offline, in a second.
 
     Byte-level, so any text (a long question, an odd character) still tokenizes. The

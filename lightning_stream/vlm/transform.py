@@ -130,11 +130,16 @@ class VLMTransform:
         self.max_length = max_length
         self.system_prompt = system_prompt
         self.format = format
-        self.columns = Columns(image_column, images_column, question_column, answer_column,
-                               conversation_column)
+        self.columns = Columns(image_column, images_column, question_column, answer_column, conversation_column)
         self._lazy = LazyProcessor(processor, processor_kwargs)
 
     # ------------------------------------------------------------------ rows
+    def preflight(self) -> None:
+        """Load the processor once in the main process: one that cannot load is a
+        :class:`~lightning_stream.vlm.errors.ProcessorLoadError` before any row is read."""
+        if self._lazy is not None:
+            self._lazy.load()
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         fmt = self.format if self.format != "auto" else detect_format(batch, self.columns)
         if fmt == "qa" and self.format == "auto":
@@ -153,8 +158,7 @@ class VLMTransform:
 
     def encode(self, image: Any, question: str, answer: str, row: str = "row 0") -> dict[str, Any]:
         """Encode one (image, question, answer) row; ``row`` names it in error messages."""
-        values = {self.columns.image: image, self.columns.question: question,
-                  self.columns.answer: answer}
+        values = {self.columns.image: image, self.columns.question: question, self.columns.answer: answer}
         return self.encode_conversation(read_row(values, "qa", self.columns, row), row)
 
     def encode_conversation(self, conv: Conversation, row: str = "row 0") -> dict[str, Any]:
@@ -202,8 +206,7 @@ class VLMTransform:
         # The chat template already renders bos and role markers; adding special tokens
         # again would double the bos, as ``apply_chat_template(tokenize=True)`` knows too.
         # Nested: the images of one sample (a flat list reads as one image per sample).
-        out = self._lazy.processor(images=[images], text=[text], add_special_tokens=False,
-                                   return_tensors="np")
+        out = self._lazy.processor(images=[images], text=[text], add_special_tokens=False, return_tensors="np")
         ids = [int(i) for i in np.asarray(out["input_ids"])[0]]
         extras = {}
         for key, value in out.items():
