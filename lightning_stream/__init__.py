@@ -8,12 +8,12 @@ cached on disk.
 from .callbacks import StreamingCallback
 from .collate import default_collate
 from .datamodule import StreamingDataModule
-from .dataset import RowError, StreamingDataset
-from .epoch_check import EmptyEpochError
+from .dataset import StreamingDataset
 from .loader import StreamingDataLoader
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
 from .stores.remote import RemoteReadError
+from .tally import EmptyEpochError, RowError
 from .transforms import Filter, Map, TransformError
 
 __all__ = [

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from .dataset import BatchHeader
+from .wire import BatchHeader
 
 log = logging.getLogger(__name__)
 

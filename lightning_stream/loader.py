@@ -18,17 +18,18 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
-from .dataset import BatchHeader, StreamingDataset
-from .epoch_check import EpochCheck
+from .dataset import StreamingDataset
 from .epoch_end import EpochEnd
+from .progress import EpochProgress, PassStart
 from .split import Layout
 from .state import STATE_VERSION, LoaderState, check_state
-from .worker_exit import worker_death
+from .tally import EpochTally
+from .wire import BatchHeader
+from .workers import shutdown_workers, worker_death
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +38,6 @@ __all__ = ["StreamingDataLoader"]
 
 def _identity(x: Any) -> Any:
     return x
-
-
-class _EpochStats:
-    """Row counts of the current epoch, for logging."""
-
-    def __init__(self) -> None:
-        self.rows_read = 0
-        self.rows_out = 0
-        self.skipped = 0
-        self.culprits: list[str] = []
-
-    def add(self, header: BatchHeader) -> None:
-        self.rows_read += header.rows_read
-        self.rows_out += header.rows_out
-        self.skipped += len(header.skipped)
-        self.culprits.extend(header.skipped[: max(0, 5 - len(self.culprits))])
-
-    @property
-    def filtered(self) -> int:
-        return self.rows_read - self.rows_out - self.skipped
 
 
 class StreamingDataLoader(StatefulDataLoader):
@@ -109,22 +90,19 @@ class StreamingDataLoader(StatefulDataLoader):
         self.lanes = self._choose_lanes(lanes)
         self.epoch_end = EpochEnd(dataset.store.where, dataset.rank)
         self.acked_externally = False
+        dataset.channel.fit(self.lanes)
         self._epoch = 0
         self._resume: LoaderState | None = None  # loaded, applied by the next iteration of its epoch
         self._loaded: LoaderState | None = None  # the state last loaded, as saved
-        self._progress: dict | None = None
-        self._awaiting: deque[tuple[int, Any]] = deque()  # (step, stream anchor) of yielded, untrained batches
-        self._anchors: list[list[int]] | None = None  # a stream's lanes: [k, row] where each resumes reading
+        self._progress: EpochProgress | None = None  # the pass under way (None: none, or it finished)
         self._len_hint: int | None = None
-        self.stats = _EpochStats()
+        self.stats = EpochTally(dataset.store.where)  # the current pass's row counts
         self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
         self.last_rows = 0
 
     def shutdown_workers(self) -> None:
         """Stop persistent workers now (they are restarted by the next iteration)."""
-        iterator = getattr(self, "_iterator", None)
-        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
-            iterator._shutdown_workers()
+        shutdown_workers(getattr(self, "_iterator", None))
         self._iterator = None
 
     # -- lanes ----------------------------------------------------------------------------------------
@@ -188,64 +166,52 @@ class StreamingDataLoader(StatefulDataLoader):
 
     def _begin(self) -> Any:
         epoch = self._epoch
-        start = steps_before = 0
         resume, self._resume = self._resume, None
         if resume is not None and resume.epoch != epoch:
             log.warning(
                 "the loaded state of epoch %d is not used: this iteration is epoch %d (set_epoch)", resume.epoch, epoch
             )
             resume = None
+        progress = EpochProgress(epoch)
         if resume is not None:
-            start, steps_before = resume.position, resume.steps
-        self.dataset.set_position(epoch, start, self.lanes)
-        self._progress = {"epoch": epoch, "start": start, "steps_before": steps_before, "steps": 0}
-        self._awaiting.clear()
-        self.stats = _EpochStats()
-        self.epoch_end.reset()
-        self._anchors = None
+            progress.start, progress.steps_before = resume.position, resume.steps
+        resumed_anchors = None
         if self._stream_lanes:
-            resumed = resume.anchors if resume is not None else None
-            self._anchors = [list(a) for a in resumed] if resumed else [[0, 0] for _ in range(self.lanes)]
-            self.dataset.resume_anchors = (epoch, start, self._anchors) if resumed else None
+            resumed_anchors = resume.anchors if resume is not None else None
+            progress.anchors = [list(a) for a in (resumed_anchors or [(0, 0)] * self.lanes)]
+        self._progress = progress
+        self.dataset.channel.write(PassStart(epoch, progress.start, self.lanes, resumed_anchors or None))
+        try:
+            length: int | None = len(self)
+        except TypeError:  # a stream: its length is known once it has been read
+            length = None
+        ds = self.dataset
+        self.stats = EpochTally(
+            ds.store.where,
+            epoch=epoch,
+            resumed=progress.resumed,
+            length=length,
+            filters=ds.options.pipeline.filters,
+            max_skipped=self.max_skipped,
+            total_rows=ds.num_rows,
+        )
+        self.epoch_end.reset()
         return super().__iter__()
 
     def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
         self.stats.add(header)
-        if header.skipped and self.max_skipped is not None:
-            self._check_skipped()
         if yielded:
-            self._awaiting.append((header.step, header.anchor))
+            self._progress.yielded(header.step, header.anchor)
             if not self.acked_externally:
                 self.ack()
-        elif not self._awaiting and self._progress is not None:
+        elif not self._progress.awaiting:
             # An emptied batch (all rows filtered) right after acked ones is consumed too.
-            self._trained(header.step, header.anchor)
-
-    def _check_skipped(self) -> None:
-        cap = self.max_skipped
-        if cap < 1:  # a fraction of the epoch's rows (of the rows read so far, for a stream)
-            total = self.dataset.num_rows
-            if total is None:
-                total = self.stats.rows_read if self.stats.rows_read >= 1000 else None
-            limit = None if total is None else cap * total
-        else:
-            limit = cap
-        if limit is not None and self.stats.skipped > limit:
-            raise RuntimeError(
-                f"lightning_stream skipped {self.stats.skipped} bad rows in this epoch, more than max_skipped={cap}; "
-                f"first culprits: {self.stats.culprits}"
-            )
+            self._progress.trained(header.step, header.anchor)
 
     def ack(self) -> None:
         """Mark the oldest yielded, unacknowledged batch as trained."""
-        if self._awaiting and self._progress is not None:
-            self._trained(*self._awaiting.popleft())
-
-    def _trained(self, step: int, anchor: tuple[int, int, int] | None) -> None:
-        self._progress["steps"] = step + 1
-        if anchor is not None and self._anchors is not None:
-            lane, k, row = anchor
-            self._anchors[lane] = [max(self._anchors[lane][0], k), max(self._anchors[lane][1], row)]
+        if self._progress is not None:
+            self._progress.ack()
 
     def _finished(self) -> None:
         # The state now says "the next epoch, from its start" (what a resume must do).
@@ -256,7 +222,7 @@ class StreamingDataLoader(StatefulDataLoader):
     @property
     def epoch_dropped_rows(self) -> int:
         """Rows of the current epoch that no rank sees (to keep step counts even)."""
-        start = self._progress["start"] if self._progress else 0
+        start = self._progress.start if self._progress else 0
         layout = self.dataset.layout(start)
         return layout.dropped_rows if layout is not None else self.epoch_end.dropped_rows
 
@@ -277,11 +243,7 @@ class StreamingDataLoader(StatefulDataLoader):
         ds, o = self.dataset, self.dataset.options
         if self._progress is not None:
             p = self._progress
-            where = dict(
-                epoch=p["epoch"],
-                steps=p["steps_before"] + p["steps"],
-                position=self._layout(p["start"]).position_after(p["steps"]),
-            )
+            where = dict(epoch=p.epoch, steps=p.total_steps, position=self._layout(p.start).position_after(p.steps))
         elif self._resume is not None:
             where = dict(epoch=self._resume.epoch, steps=self._resume.steps, position=self._resume.position)
         else:
@@ -306,12 +268,13 @@ class StreamingDataLoader(StatefulDataLoader):
         if self._progress is None:
             anchors = self._resume.anchors if self._resume is not None else None
             return [list(a) for a in anchors] if anchors is not None else None
-        if self._anchors is None:
+        anchors = self._progress.anchors
+        if anchors is None:
             return None
         peers = self.epoch_end.peer_anchors  # the other ranks' lanes, as of the last step
         if peers is None:
-            return [list(a) for a in self._anchors]
-        return [[max(a[0], b[0]), max(a[1], b[1])] for a, b in zip(self._anchors, peers)]
+            return [list(a) for a in anchors]
+        return [[max(a[0], b[0]), max(a[1], b[1])] for a, b in zip(anchors, peers)]
 
     def load_state_dict(self, state_dict: dict[str, Any], *, strict: bool | None = None) -> None:
         """Resume from ``state_dict`` at the next iteration of its epoch.
@@ -330,6 +293,7 @@ class StreamingDataLoader(StatefulDataLoader):
             # The order keeps the lanes it started with, whatever the topology now.
             self._warn_if_lanes_split(saved.lanes, "the checkpoint's lanes")
             self.lanes = saved.lanes
+            self.dataset.channel.fit(self.lanes)
         self._progress = None
         self._len_hint = None
         num_rows = self.dataset.num_rows
@@ -360,7 +324,6 @@ class _LazyEpoch:
         t0 = time.perf_counter()
         if self._it is None:
             self._it = iter(loader._begin())
-            self._check = EpochCheck.of(loader)
         while True:
             try:
                 batch = self._step(loader)
@@ -381,20 +344,26 @@ class _LazyEpoch:
         try:
             header, batch = next(self._it)
         except StopIteration:
-            if loader._ends_by_lane:
-                loader.epoch_end.reached(None, loader._anchors)
-            loader._finished()
-            self._check.finished()
+            self._end(loader, None)
             raise
-        if loader._ends_by_lane and loader.epoch_end.reached(header, loader._anchors):
-            loader._finished()
-            self._check.finished()
+        if self._end(loader, header):
             raise StopIteration
-        self._check.add(header)
         loader._on_batch(header, batch is not None)
         if batch is not None:
             loader.last_rows = header.rows_out
         return batch
+
+    @staticmethod
+    def _end(loader: StreamingDataLoader, header: BatchHeader | None) -> bool:
+        """True when the pass ends here (``header`` None: the workers have no batch left)."""
+        ended = header is None
+        if loader._ends_by_lane:
+            ended = loader.epoch_end.reached(header, loader._progress.anchors) or ended
+        if ended:
+            tally = loader.stats
+            loader._finished()
+            tally.finished()
+        return ended
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -37,6 +37,7 @@ __all__ = [
     "TransformError",
     "as_pipeline",
     "describe_callable",
+    "num_rows",
     "preflight",
     "resolve_callable",
 ]
@@ -88,7 +89,8 @@ class _Columns(dict):
         raise _MissingColumn(key)
 
 
-def _num_rows(batch: Batch) -> int:
+def num_rows(batch: Batch) -> int:
+    """How many rows a column batch holds (0 for no column)."""
     return len(next(iter(batch.values()))) if batch else 0
 
 
@@ -171,7 +173,7 @@ class Map:
         lengths = {k: _length(v) for k, v in merged.items()}
         if len(set(lengths.values())) > 1:
             raise TransformError(
-                f"{what} returned columns of unequal length {lengths} for a batch of {_num_rows(batch)} rows; return one "
+                f"{what} returned columns of unequal length {lengths} for a batch of {num_rows(batch)} rows; return one "
                 "value per row, or, to change the number of rows, remove the input columns with remove_columns"
             )
         return merged
@@ -232,7 +234,7 @@ class Filter:
     def __call__(self, batch: Batch) -> Batch:
         fn = resolve_callable(self.function)
         what = f"filter {describe_callable(fn)}"
-        rows = _num_rows(batch)
+        rows = num_rows(batch)
         if self.batched:
             keep = _call(fn, batch, self.fn_kwargs, what)
             if keep is None:
@@ -267,7 +269,7 @@ class Pipeline:
     def __call__(self, batch: Batch) -> Batch:
         for step in self.steps:
             batch = step(batch)
-            if not _num_rows(batch):
+            if not num_rows(batch):
                 break
         return batch
 

@@ -7,16 +7,16 @@ import re
 import subprocess
 import sys
 
-import lightning.pytorch as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import cpu_trainer, epoch_batches, epoch_ids
 
 from lightning_stream import Filter, Map, RowError, StreamingDataModule
 from lightning_stream.dataset import StreamingDataset
-from lightning_stream.epoch_check import EmptyEpochError
 from lightning_stream.loader import StreamingDataLoader
 from lightning_stream.split import EvalLayout
+from lightning_stream.tally import EmptyEpochError
 from lightning_stream.testing import IdModel
 from lightning_stream.transforms import TransformError
 
@@ -30,13 +30,7 @@ def forty(tmp_path_factory) -> str:
 
 
 def batches(train, **kw):
-    loader = StreamingDataModule(train=train, shuffle=False, batch_size=10, **kw).train_dataloader()
-    try:
-        return list(loader)
-    finally:
-        # Now, not when the traceback's cycle is collected: an iterator torch finalizes in a garbage
-        # collection may wait 5 s per worker for workers that never get its stop message.
-        loader.shutdown_workers()
+    return epoch_batches(StreamingDataModule(train=train, shuffle=False, batch_size=10, **kw))
 
 
 def written(tmp_path, name, columns: dict) -> str:
@@ -167,15 +161,7 @@ def keep_none(batch):
 
 def test_filter_removing_every_row_fails_the_fit(forty, tmp_path):
     dm = StreamingDataModule(train=forty, filter=keep_none, batch_size=10)
-    trainer = pl.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        enable_checkpointing=False,
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(max_epochs=1, default_root_dir=tmp_path)
     message = r"epoch 0 of .*forty.parquet trained 0 steps where len\(\) said 4: of the 40 rows it read, 40 were removed by filter test_errors_rows\.keep_none \(test_errors_rows\.py:\d+\)"
     with pytest.raises(EmptyEpochError, match=message):
         trainer.fit(IdModel(), datamodule=dm)
@@ -356,7 +342,7 @@ def test_eval_rank_with_a_row_fewer_ends_a_step_early(tmp_path):
     seen = []
     for rank in (0, 1):
         loader = StreamingDataLoader(StreamingDataset(val.source, val.options, rank=rank, world_size=2), num_workers=2)
-        ids = [b["id"].tolist() for b in loader]
+        ids = epoch_ids(loader, per_batch=True)
         assert len(loader) == 3 and len(ids) == (3 if rank == 0 else 2)
         seen += [i for b in ids for i in b]
     assert sorted(seen) == [0, 1, 2, 3, 4]
@@ -460,7 +446,7 @@ def test_arguments_are_checked_at_construction(kwargs, kind, message):
     ],
 )
 def test_worker_death_names_the_signal_torch_reports(text, said):
-    from lightning_stream.worker_exit import worker_death
+    from lightning_stream.workers import worker_death
 
     assert re.search(said, worker_death(RuntimeError(text), None, 2, "data.parquet"))
     assert worker_death(RuntimeError(f"Caught ValueError in DataLoader worker process 0. {text}"), None, 2, "d") is None

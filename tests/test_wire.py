@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.multiprocessing  # noqa: F401 - registers torch's shared-memory reductions
 
-from lightning_stream import transfer
-from lightning_stream.transfer import ByValue
+from lightning_stream import wire
+from lightning_stream.wire import ByValue
 
 
 def roundtrip(obj):
@@ -36,7 +36,7 @@ def test_small_tensors_travel_by_value_and_keep_dtype_and_values():
 
 
 def test_large_tensors_keep_torch_shared_memory(monkeypatch):
-    monkeypatch.setattr(transfer, "BY_VALUE_BYTES", 64)
+    monkeypatch.setattr(wire, "BY_VALUE_BYTES", 64)
     big, small = torch.arange(100, dtype=torch.float32), torch.arange(4)
     out = roundtrip({"big": big, "small": small})
     assert out["big"].is_shared() and torch.equal(out["big"], big)

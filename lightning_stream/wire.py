@@ -1,4 +1,8 @@
-"""How a batch crosses from a DataLoader worker to the main process.
+"""How a batch crosses from a DataLoader worker to the main process: its header and its bytes.
+
+Each batch goes out as ``(BatchHeader, batch)``: the header is how the main process knows
+exactly which step it is handing to training, and how many rows the step read, kept and
+skipped. The loader strips it.
 
 torch sends each tensor through a shared-memory segment of its own, whose file descriptor the
 main process then asks for from the worker's resource-sharer thread. That thread needs the
@@ -14,14 +18,36 @@ from __future__ import annotations
 
 import io
 import pickle
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["ByValue", "BY_VALUE_BYTES"]
+__all__ = ["BY_VALUE_BYTES", "BatchHeader", "ByValue", "outgoing"]
 
 BY_VALUE_BYTES = 1 << 20
+
+
+@dataclass
+class BatchHeader:
+    """What the main process learns about a batch besides its data."""
+
+    step: int
+    rows_read: int
+    rows_out: int
+    skipped: list[str] = field(default_factory=list)
+    # A stream lane's batch: (lane, k, row), the lane's shard its window begins in (a resume reads from there).
+    anchor: tuple[int, int, int] | None = None
+
+
+def outgoing(header: BatchHeader, batch: Any) -> Any:
+    """What a worker yields for a step: wrapped for the pipe in a worker, as it is in the main process."""
+    from torch.utils.data import get_worker_info
+
+    item = (header, batch)
+    return ByValue(item) if get_worker_info() is not None else item
+
 
 # numpy has no bfloat16 (nor float8): such tensors travel as same-width integers.
 _SAME_WIDTH = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

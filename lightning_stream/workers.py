@@ -1,4 +1,10 @@
-"""How a DataLoader worker ended, told from torch's error: its own exception, or a death.
+"""The torch DataLoader workers, where we reach into torch: stopping them, and telling how one ended.
+
+:func:`shutdown_workers` stops a loader's workers now (torch's private ``_shutdown_workers``:
+torch has no public way to stop persistent workers before the iterator is garbage, and a loader
+freed by the cycle collector waits 5 s per worker in torch's shutdown).
+
+How a worker ended is told from torch's error: its own exception, or a death.
 
 torch re-raises a worker's exception in the main process as the same type, its message
 ``Caught X in DataLoader worker process N`` followed by the worker's traceback: that is the
@@ -15,13 +21,19 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-__all__ = ["worker_death"]
+__all__ = ["shutdown_workers", "worker_death"]
 
 _HINTS = {
     "SIGKILL": "most often the out-of-memory killer: lower num_workers, batch_size or buffer_size",
     "SIGBUS": "most often too little shared memory for the batches in flight (/dev/shm; docker: --shm-size): "
     "lower num_workers or prefetch_factor",
 }
+
+
+def shutdown_workers(iterator: Any) -> None:
+    """Stop the workers of a torch DataLoader iterator (a no-op for one without workers)."""
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 def worker_death(err: BaseException, iterator: Any, num_workers: int, where: str) -> str | None:
