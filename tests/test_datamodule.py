@@ -3,10 +3,10 @@
 import math
 import os
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import PARQUET_SIZES
+from helpers import cpu_trainer, epoch_batches, epoch_ids
 
 from lightning_stream import Filter, Source, StreamingDataModule
 from lightning_stream.testing import BatchRecorder, IdModel
@@ -14,23 +14,6 @@ from lightning_stream.testing import BatchRecorder, IdModel
 
 def text_len(batch):
     return {"n": [len(t) for t in batch["text"]]}
-
-
-def epoch_ids(loader):
-    return [i for b in loader for i in b["id"].tolist()]
-
-
-def trainer(tmp_path, **kw):
-    kw.setdefault("max_epochs", 1)
-    return pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-        default_root_dir=str(tmp_path),
-        **kw,
-    )
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])
@@ -41,8 +24,7 @@ def test_shuffled_epochs_are_permutations_that_differ(source, num_workers):
     loader = dm.train_dataloader()
     epochs = []
     for e in range(2):
-        loader.set_epoch(e)
-        epochs.append(epoch_ids(loader))
+        epochs.append(epoch_ids(loader, e))
     for ids in epochs:
         assert sorted(ids) == list(range(1000))
     assert epochs[0] != epochs[1]
@@ -76,7 +58,7 @@ def test_one_parquet_file_keeps_both_workers_busy(data_dir):
     dm = StreamingDataModule(
         train=os.path.join(data_dir, "one.parquet"), transform=tag_worker, batch_size=10, num_workers=2
     )
-    workers = [w for b in dm.train_dataloader() for w in b["worker"].tolist()]
+    workers = [w for b in epoch_batches(dm) for w in b["worker"].tolist()]
     assert len(workers) == 1000
     assert workers.count(0) == workers.count(1) == 500
 
@@ -85,7 +67,7 @@ def test_trainer_sees_length_progress_total_and_steps(tmp_path, data_dir):
     files = os.path.join(data_dir, "pq", "train-*.parquet")
     dm = StreamingDataModule(train=Source(path="parquet", data_files=files), batch_size=32)
     rec = BatchRecorder()
-    t = trainer(tmp_path, max_epochs=2, callbacks=[rec], accumulate_grad_batches=2)
+    t = cpu_trainer(default_root_dir=str(tmp_path), max_epochs=2, callbacks=[rec], accumulate_grad_batches=2)
     t.fit(IdModel(), datamodule=dm)
     assert t.num_training_batches == math.ceil(sum(PARQUET_SIZES) / 32) == 32
     assert t.estimated_stepping_batches == 32  # 2 epochs x 32 batches / 2 accumulation
@@ -106,14 +88,7 @@ def test_progress_bar_has_a_total(tmp_path, data_dir):
             totals.append(self.train_progress_bar.total)
 
     dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=100)
-    t = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        max_epochs=1,
-        callbacks=[Bar()],
-        default_root_dir=str(tmp_path),
-    )
+    t = cpu_trainer(enable_progress_bar=True, max_epochs=1, callbacks=[Bar()], default_root_dir=str(tmp_path))
     t.fit(IdModel(), datamodule=dm)
     assert totals == [10]
 
@@ -123,7 +98,7 @@ def test_every_epoch_is_complete_and_fresh_under_the_trainer(tmp_path, source):
         train=source, batch_size=50, num_workers=2, persistent_workers=True, buffer_size=200, seed=4
     )
     rec = BatchRecorder()
-    trainer(tmp_path, max_epochs=3, callbacks=[rec]).fit(IdModel(), datamodule=dm)
+    cpu_trainer(default_root_dir=str(tmp_path), max_epochs=3, callbacks=[rec]).fit(IdModel(), datamodule=dm)
     orders = [[i for e, b in rec.batches if e == epoch for i in b] for epoch in range(3)]
     for ids in orders:
         assert sorted(ids) == list(range(1000))
@@ -162,7 +137,7 @@ def test_validation_loader_reads_everything_in_order(tmp_path, data_dir):
         batch_size=64,
         val_batch_size=100,
     )
-    trainer(tmp_path, max_epochs=2, num_sanity_val_steps=0).fit(Val(), datamodule=dm)
+    cpu_trainer(default_root_dir=str(tmp_path), max_epochs=2, num_sanity_val_steps=0).fit(Val(), datamodule=dm)
     assert seen == list(range(1000)) * 2
 
 
@@ -213,13 +188,9 @@ def test_numpy_batch_format_gives_arrays_to_the_transform(tmp_path):
 
 
 def test_loader_defaults_suit_the_trainer(data_dir):
-    from lightning.pytorch import Trainer
-
     path = os.path.join(data_dir, "disk")
     dm = StreamingDataModule(train=path, num_workers=2)
-    dm.trainer = Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False
-    )
+    dm.trainer = cpu_trainer(devices=1)
     loader = dm.train_dataloader()
     assert loader.persistent_workers  # no worker restart per epoch or per validation run
     assert not loader.pin_memory  # nothing to pin for a CPU run, even on a machine with CUDA
@@ -230,8 +201,6 @@ def test_loader_defaults_suit_the_trainer(data_dir):
 def test_persistent_workers_stop_with_the_fit_and_the_datamodule_pickles(data_dir, tmp_path):
     import pickle
 
-    from lightning.pytorch import Trainer
-
     from lightning_stream.testing import IdModel
 
     class WithVal(IdModel):
@@ -241,19 +210,11 @@ def test_persistent_workers_stop_with_the_fit_and_the_datamodule_pickles(data_di
     dm = StreamingDataModule(
         train=os.path.join(data_dir, "disk"), val=os.path.join(data_dir, "disk"), batch_size=50, num_workers=2
     )
-    trainer = Trainer(
-        accelerator="cpu",
-        max_steps=3,
-        limit_val_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = cpu_trainer(max_steps=3, limit_val_batches=2, default_root_dir=str(tmp_path))
     trainer.fit(WithVal(), datamodule=dm)
     loaders = list(dm._loaders)
     assert len(loaders) == 2 and all(loader.persistent_workers for loader in loaders)
     assert all(loader._iterator is None for loader in loaders)  # teardown stopped the workers
     dm.trainer = None  # the trainer pickles its own way; the datamodule with live loaders must pickle too
     clone = pickle.loads(pickle.dumps(dm))
-    assert clone.train_loader is None and len(list(clone.train_dataloader())) == len(dm.train_dataloader())
+    assert clone.train_loader is None and len(epoch_batches(clone)) == len(dm.train_dataloader())

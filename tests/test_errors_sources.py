@@ -19,6 +19,7 @@ import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import epoch_ids
 
 from lightning_stream import Mix, Source, StateMismatchError, StreamingDataModule
 from lightning_stream.loader import StreamingDataLoader
@@ -26,14 +27,6 @@ from lightning_stream.loader import StreamingDataLoader
 
 def loader(train, **kw) -> StreamingDataLoader:
     return StreamingDataModule(train=train, shuffle=False, batch_size=kw.pop("batch_size", 10), **kw).train_dataloader()
-
-
-def ids(train, **kw) -> list[int]:
-    dl = loader(train, **kw)
-    try:
-        return [i for batch in dl for i in batch["id"].tolist()]
-    finally:
-        dl.shutdown_workers()
 
 
 def write_jsonl(path, start: int, stop: int, opener=open) -> str:
@@ -208,10 +201,9 @@ def test_a_file_appearing_in_the_glob_mid_run_is_read_by_no_process(tmp_path):
         persistent_workers=False,
     )
     dl = dm.train_dataloader()
-    first = [i for b in dl for i in b["id"].tolist()]
+    first = epoch_ids(dl)
     write_jsonl(tmp_path / "part-2.jsonl", 200, 331)
-    dl.set_epoch(1)
-    second = [i for b in dl for i in b["id"].tolist()]
+    second = epoch_ids(dl, 1)
     assert sorted(first) == sorted(second) == list(range(200))
 
 
@@ -221,7 +213,7 @@ def test_arrow_glob_is_listed_once_for_spawned_workers(tmp_path):
     opened = loader(Source(path="arrow", data_files=str(tmp_path / "p*.arrow")))
     dl = StreamingDataLoader(opened.dataset, num_workers=1, multiprocessing_context="spawn")
     write_arrow(tmp_path / "p2.arrow", {"id": list(range(100, 150))})
-    assert sorted(i for b in dl for i in b["id"].tolist()) == list(range(100))
+    assert sorted(epoch_ids(dl)) == list(range(100))
 
 
 # -- 3. files cut short, which datasets would read short without a word ------------------------------
@@ -278,7 +270,7 @@ def test_truncated_jsonl_gz_names_the_file(tmp_path):
     data = open(path, "rb").read()
     open(path, "wb").write(data[: len(data) // 2])
     with pytest.raises(ValueError, match=r"cannot read .*part.jsonl.gz .*(EOFError|Compressed file ended)"):
-        ids(Source(path="json", data_files=path))
+        epoch_ids(loader(Source(path="json", data_files=path)))
 
 
 # -- 4. files that are not what they seem: each error names the file (and line, column) --------------
@@ -296,14 +288,14 @@ def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     lines[49] = '{"id": 49, "text": "row 49"'  # a missing brace on line 50
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(ValueError, match=r"rows.jsonl .*line 50 is not JSON"):
-        ids(Source(path="json", data_files=str(path)))
+        epoch_ids(loader(Source(path="json", data_files=str(path))))
 
 
 def test_ragged_csv_row_names_the_file(tmp_path):
     path = tmp_path / "table.csv"
     path.write_text("id,text\n" + "".join(f"{i},row {i}\n" for i in range(30)) + "30,row 30,extra\n")
     with pytest.raises(ValueError, match=r"cannot read .*table.csv"):
-        ids(Source(path="csv", data_files=str(path)))
+        epoch_ids(loader(Source(path="csv", data_files=str(path))))
 
 
 def test_folder_without_data_files_says_what_it_found(tmp_path):
@@ -358,7 +350,7 @@ def test_path_like_arguments_are_accepted(tmp_path, data_dir):
 
     source = Source(path="parquet", data_files=[Path(data_dir) / "one.parquet"])
     assert source.data_files == [os.path.join(data_dir, "one.parquet")]
-    assert len(ids(Source(path=Path(data_dir) / "disk"))) == 1000
+    assert len(epoch_ids(loader(Source(path=Path(data_dir) / "disk")))) == 1000
 
 
 @pytest.mark.parametrize(
@@ -387,7 +379,7 @@ def test_data_files_by_split_as_in_load_dataset(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", 0, 30)
     val = write_jsonl(tmp_path / "val.jsonl", 100, 110)
     files = {"train": train, "validation": [val]}
-    assert sorted(ids(Source(path="json", data_files=files))) == list(range(30))
-    assert sorted(ids(Source(path="json", data_files=files, split="validation"))) == list(range(100, 110))
+    assert sorted(epoch_ids(loader(Source(path="json", data_files=files)))) == list(range(30))
+    assert sorted(epoch_ids(loader(Source(path="json", data_files=files, split="validation")))) == list(range(100, 110))
     with pytest.raises(ValueError, match=r"no files for split 'test'; the splits given are \['train', 'validation'\]"):
         Source(path="json", data_files=files, split="test")

@@ -5,6 +5,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
+from helpers import epoch_batches, epoch_ids
 
 from lightning_stream import DatasetSource, Source, StreamingDataModule
 from lightning_stream.stores import ChainStore, open_store
@@ -27,10 +28,6 @@ def disk(tmp_path_factory):
     return path
 
 
-def ids_of(dm):
-    return [i for b in dm.train_dataloader() for i in b["id"].tolist()]
-
-
 @pytest.mark.parametrize("num_workers", [0, 2])
 @pytest.mark.parametrize("kind", ["Dataset", "DatasetDict", "IterableDataset"])
 def test_resume_is_exact_with_a_datasets_object(tmp_path, disk, kind, num_workers):
@@ -50,7 +47,7 @@ def test_resume_is_exact_with_a_datasets_object(tmp_path, disk, kind, num_worker
     assert len(dm.train_dataloader()) == -(-600 // 16)  # a known length, from the files behind the object
     report = assert_resume_equivalent(make, stop_at_step=13, tmp_path=str(tmp_path), max_epochs=2)
     assert len(report.after_resume) == 2 * 38 - 13
-    ids = ids_of(make())
+    ids = epoch_ids(make())
     assert sorted(ids) == list(range(600))  # every row once per epoch
     if kind == "IterableDataset":
         batch = next(iter(make().train_dataloader()))
@@ -106,7 +103,7 @@ def test_a_parquet_stream_object_is_read_by_index(tmp_path):
     dm = StreamingDataModule(train=stream.map(lambda r: {"plus": r["id"] + 1}), batch_size=10, num_workers=2)
     loader = dm.train_dataloader()
     assert len(loader) == 30
-    rows = [(i, p) for b in loader for i, p in zip(b["id"].tolist(), b["plus"].tolist())]
+    rows = [(i, p) for b in epoch_batches(loader) for i, p in zip(b["id"].tolist(), b["plus"].tolist())]
     assert sorted(rows) == [(i, i + 1) for i in range(300)]
 
 
@@ -135,7 +132,7 @@ def test_split_slicing_for_every_source_that_knows_its_length(disk, tmp_path, sp
         DatasetSource(datasets.load_from_disk(disk)["train"], split=split),
     ):
         dm = StreamingDataModule(train=source, batch_size=25, shuffle=True)
-        assert sorted(ids_of(dm)) == list(expected)
+        assert sorted(epoch_ids(dm)) == list(expected)
 
 
 def test_slicing_a_stream_is_refused_naming_the_source(tmp_path):
@@ -178,6 +175,6 @@ def test_a_generator_iterable_dataset_is_read_as_a_stream_and_resumes_exactly(tm
         )
 
     assert_resume_equivalent(make, stop_at_step=7, tmp_path=str(tmp_path), max_epochs=2)
-    batches = list(make().train_dataloader())
+    batches = epoch_batches(make())
     assert sorted(i for b in batches for i in b["id"].tolist()) == list(range(300))
     assert all((b["n"] == torch.tensor([len(f"row {i}") for i in b["id"].tolist()])).all() for b in batches)

@@ -9,6 +9,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import epoch_ids
 
 from lightning_stream import Remote, RemoteReadError, Source, StreamingDataModule
 from lightning_stream.testing import assert_resume_equivalent
@@ -44,8 +45,7 @@ def test_each_row_group_is_fetched_once_by_its_reader(served):
     dm = StreamingDataModule(
         train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=2, buffer_size=500, seed=1
     )
-    ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-    dm.teardown("fit")
+    ids = epoch_ids(dm)
     assert sorted(ids) == list(range(FILES * ROWS))
     # At most one range request per row group (read by the worker that owns its lane; neighbours
     # in a file may share one) and one per footer (read once, in the main process: the workers are
@@ -73,8 +73,7 @@ def test_neighbouring_row_groups_share_a_request_up_to_max_request_bytes(served)
     server.reset()
     src = Source(path="parquet", data_files=urls, remote=Remote(max_request_bytes=cap))
     dm = StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, shuffle=False)
-    ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-    dm.teardown("fit")
+    ids = epoch_ids(dm)
     assert sorted(ids) == list(range(FILES * ROWS))
     data_requests = sum(server.requests.values()) - FILES  # the footers
     assert data_requests <= FILES * (ROWS // GROUP) // 3, (
@@ -196,8 +195,7 @@ def test_a_filesystem_without_an_event_loop_reads_ahead_with_threads():
         dm = StreamingDataModule(
             train=Source(path="parquet", data_files=urls), batch_size=32, num_workers=0, buffer_size=200, seed=5
         )
-        ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-        dm.teardown("fit")
+        ids = epoch_ids(dm)
     finally:
         fs.rm("/lightning_stream_test", recursive=True)
     assert sorted(ids) == list(range(2000))
@@ -210,10 +208,7 @@ def remote_files(root):
 def flaky_epoch(path: str, urls: list[str], seed: int) -> list[int]:
     """The ids of one shuffled epoch read by 2 workers from ``urls``, retried after 0.05 s."""
     src = Source(path=path, data_files=urls, remote=Remote(backoff=0.05))
-    dm = StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, seed=seed)
-    ids = [i for batch in dm.train_dataloader() for i in batch["id"].tolist()]
-    dm.teardown("fit")
-    return ids
+    return epoch_ids(StreamingDataModule(train=src, batch_size=32, num_workers=2, buffer_size=500, seed=seed))
 
 
 def test_transient_failures_and_latency_every_row_exactly_once(served):
@@ -332,11 +327,6 @@ def test_a_json_stream_from_a_server_that_never_answers_fails_in_bounded_time_na
 
 
 # -- the node-local cache (Remote.cache_dir) ---------------------------------------------------------
-def epoch_ids(loader, epoch: int) -> list[int]:
-    loader.set_epoch(epoch)
-    return [i for batch in loader for i in batch["id"].tolist()]
-
-
 def test_a_node_cache_serves_later_epochs_and_other_processes_from_disk(served, tmp_path):
     server, _ = served
     urls = [f"{server.url}/part-{i}.parquet" for i in range(FILES)]
@@ -351,13 +341,11 @@ def test_a_node_cache_serves_later_epochs_and_other_processes_from_disk(served, 
     second = epoch_ids(loader, 1)
     assert sorted(second) == list(range(FILES * ROWS)) and second != first
     assert sum(server.requests.values()) == 0  # every row group from the node's disk
-    dm.teardown("fit")
     # Another process of the node (a rank, the next run) reads the same cache: only its footers.
     other = StreamingDataModule(train=src, batch_size=32, num_workers=1, buffer_size=500, seed=2)
     server.reset()
     assert sorted(epoch_ids(other.train_dataloader(), 0)) == list(range(FILES * ROWS))
     assert sum(server.requests.values()) == FILES
-    other.teardown("fit")
 
 
 def test_the_node_cache_stays_within_its_size_and_drops_entries_it_did_not_write(served, tmp_path):
@@ -377,4 +365,3 @@ def test_the_node_cache_stays_within_its_size_and_drops_entries_it_did_not_write
     server.reset()
     assert sorted(epoch_ids(loader, 1)) == list(range(FILES * ROWS))
     assert sum(server.requests.values()) >= FILES * ROWS // GROUP // 2
-    dm.teardown("fit")

@@ -5,6 +5,7 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import cpu_trainer, epoch_ids
 
 from lightning_stream import Source, StateMismatchError, StreamingDataModule
 from lightning_stream.testing import BatchRecorder, IdModel, assert_resume_equivalent
@@ -69,9 +70,7 @@ def test_resume_with_max_steps_and_lr_schedule_sized_from_length(tmp_path, sourc
 
 def fit_and_save(tmp_path, data_dir, steps):
     dm = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16)
-    t = pl.Trainer(
-        accelerator="cpu", logger=False, max_steps=steps, default_root_dir=str(tmp_path), enable_progress_bar=False
-    )
+    t = cpu_trainer(max_steps=steps, default_root_dir=str(tmp_path))
     t.fit(IdModel(), datamodule=dm)
     path = os.path.join(str(tmp_path), f"step{steps}.ckpt")
     t.save_checkpoint(path)
@@ -95,16 +94,12 @@ def test_checkpoint_from_other_data_is_refused(tmp_path, data_dir):
     other = StreamingDataModule(
         train=Source(path="parquet", data_files=os.path.join(data_dir, "one.parquet")), batch_size=16
     )
-    t2 = pl.Trainer(
-        accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False
-    )
+    t2 = cpu_trainer(max_steps=10, default_root_dir=str(tmp_path))
     with pytest.raises(StateMismatchError, match="other data"):
         t2.fit(IdModel(), datamodule=other, ckpt_path=path)
 
     reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9)
-    t3 = pl.Trainer(
-        accelerator="cpu", logger=False, max_steps=10, default_root_dir=str(tmp_path), enable_progress_bar=False
-    )
+    t3 = cpu_trainer(max_steps=10, default_root_dir=str(tmp_path))
     with pytest.raises(StateMismatchError, match="seed"):
         t3.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
 
@@ -115,14 +110,15 @@ def test_loader_state_dict_without_trainer(data_dir):
             train=os.path.join(data_dir, "disk"), batch_size=10, num_workers=2, buffer_size=50
         ).train_dataloader()
 
-    full = [b["id"].tolist() for b in loader()]
+    full = epoch_ids(loader(), per_batch=True)
     first = loader()
     it = iter(first)
     head = [next(it)["id"].tolist() for _ in range(37)]
     state = first.state_dict()
+    first.shutdown_workers()  # mid-epoch: stopped now, not by the garbage collector
     resumed = loader()
     resumed.load_state_dict(state)
-    assert head + [b["id"].tolist() for b in resumed] == full
+    assert head + epoch_ids(resumed, per_batch=True) == full
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
@@ -151,22 +147,23 @@ def loader_of(data_dir, **kw):
 
 def test_lanes_are_kept_from_the_checkpoint_on_another_topology(data_dir, caplog):
     """Written with 4 lanes (one process, 4 workers); resumed with 3 workers: same order, a warning about reads."""
-    full = [b["id"].tolist() for b in loader_of(data_dir, num_workers=4)]
+    full = epoch_ids(loader_of(data_dir, num_workers=4), per_batch=True)
     first = loader_of(data_dir, num_workers=4)
     it = iter(first)
     head = [next(it)["id"].tolist() for _ in range(23)]
     state = first.state_dict()
+    first.shutdown_workers()
     assert state["lanes"] == 4 and state["version"] == 2
     resumed = loader_of(data_dir, num_workers=3)
     with caplog.at_level("WARNING", logger="lightning_stream.loader"):
         resumed.load_state_dict(state)
     assert resumed.lanes == 4 and "not a multiple of the 3 readers" in caplog.text
-    assert head + [b["id"].tolist() for b in resumed] == full
+    assert head + epoch_ids(resumed, per_batch=True) == full
 
 
 def test_a_version_1_state_resumes_with_one_lane(data_dir):
     """Checkpoints written before lanes existed keep the order they were written with."""
-    full = [b["id"].tolist() for b in loader_of(data_dir, num_workers=0)]  # one reader: one lane, the old order
+    full = epoch_ids(loader_of(data_dir, num_workers=0), per_batch=True)  # one reader: one lane, the old order
     first = loader_of(data_dir, num_workers=0)
     it = iter(first)
     head = [next(it)["id"].tolist() for _ in range(31)]
@@ -175,7 +172,7 @@ def test_a_version_1_state_resumes_with_one_lane(data_dir):
     resumed = loader_of(data_dir, num_workers=2)  # would pick 2 lanes on its own
     resumed.load_state_dict(state)
     assert resumed.lanes == 1
-    assert head + [b["id"].tolist() for b in resumed] == full
+    assert head + epoch_ids(resumed, per_batch=True) == full
 
 
 def test_another_batch_size_is_refused_when_lanes_interleave_by_batch(data_dir):
@@ -188,7 +185,7 @@ def test_another_batch_size_is_refused_when_lanes_interleave_by_batch(data_dir):
 
 
 def test_explicit_lanes_cover_every_row_once_per_epoch(data_dir):
-    ids = [i for b in loader_of(data_dir, num_workers=2, lanes=8) for i in b["id"].tolist()]
+    ids = epoch_ids(loader_of(data_dir, num_workers=2, lanes=8))
     assert sorted(ids) == list(range(1000))
     with pytest.raises(ValueError, match="lanes"):
         loader_of(data_dir, lanes=0)
@@ -200,26 +197,12 @@ def test_strict_resume_false_resumes_through_trainer_fit_with_one_warning(tmp_pa
     saver = pl.callbacks.ModelCheckpoint(
         dirpath=str(tmp_path / "ckpt"), every_n_train_steps=5, save_top_k=-1, filename="{step}"
     )
-    first = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        max_steps=8,
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        callbacks=[saver],
-    )
+    first = cpu_trainer(enable_checkpointing=True, max_steps=8, default_root_dir=str(tmp_path), callbacks=[saver])
     first.fit(IdModel(), datamodule=StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16))
     path = str(tmp_path / "ckpt" / "step=5.ckpt")  # mid epoch 0
     reseeded = StreamingDataModule(train=os.path.join(data_dir, "disk"), batch_size=16, seed=9, strict_resume=False)
     recorder = BatchRecorder()
-    t = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        max_steps=10,
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        callbacks=[recorder],
-    )
+    t = cpu_trainer(max_steps=10, default_root_dir=str(tmp_path), callbacks=[recorder])
     with caplog.at_level("WARNING", logger="lightning_stream.state"):
         t.fit(IdModel(), datamodule=reseeded, ckpt_path=path)
     assert t.global_step == 10
@@ -237,14 +220,7 @@ def _mid_epoch_checkpoint(tmp_path, data_dir, cls=StreamingDataModule, steps=5):
     saver = pl.callbacks.ModelCheckpoint(
         dirpath=str(tmp_path / "ckpt"), every_n_train_steps=steps, save_top_k=-1, filename="{step}"
     )
-    t = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        max_steps=steps + 1,
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        callbacks=[saver],
-    )
+    t = cpu_trainer(enable_checkpointing=True, max_steps=steps + 1, default_root_dir=str(tmp_path), callbacks=[saver])
     t.fit(IdModel(), datamodule=cls(train=os.path.join(data_dir, "disk"), batch_size=16, num_workers=2))
     return str(tmp_path / "ckpt" / f"step={steps}.ckpt")
 
@@ -277,9 +253,7 @@ def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, da
     del ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"]
     stripped = str(tmp_path / "stripped.ckpt")
     torch.save(ckpt, stripped)
-    t = pl.Trainer(
-        accelerator="cpu", logger=False, max_steps=8, default_root_dir=str(tmp_path), enable_progress_bar=False
-    )
+    t = cpu_trainer(max_steps=8, default_root_dir=str(tmp_path))
     with pytest.raises(
         StateMismatchError,
         match=r"mid-epoch \(after batch 5 of epoch 0\) but holds no lightning_stream loader position",
@@ -291,14 +265,7 @@ def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, da
         )
     # strict_resume=False: a warning, and the epoch restarts from its first batch.
     recorder = BatchRecorder()
-    t = pl.Trainer(
-        accelerator="cpu",
-        logger=False,
-        max_steps=7,
-        default_root_dir=str(tmp_path),
-        enable_progress_bar=False,
-        callbacks=[recorder],
-    )
+    t = cpu_trainer(max_steps=7, default_root_dir=str(tmp_path), callbacks=[recorder])
     with pytest.warns(UserWarning, match="restarting the epoch from its first batch"):
         t.fit(
             IdModel(),

@@ -6,10 +6,10 @@ import subprocess
 import sys
 from collections import Counter
 
-import lightning.pytorch as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import cpu_trainer
 
 from lightning_stream import Map, StreamingDataModule
 from lightning_stream.testing import IdModel
@@ -61,14 +61,7 @@ def test_two_validation_sets_test_and_predict_read_every_row_once(tmp_path, stag
 
 def test_no_val_source_means_no_validation_loader(tmp_path, stage_data, recwarn):
     dm = StreamingDataModule(train=os.path.join(stage_data, "train.parquet"), batch_size=50)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_checkpointing=False,
-        default_root_dir=str(tmp_path),
-    )
+    trainer = cpu_trainer(max_epochs=1, default_root_dir=str(tmp_path))
     trainer.fit(IdModel(), datamodule=dm)
     assert trainer.global_step == 4 and trainer.val_dataloaders is None
     assert not [w for w in recwarn if "val" in str(w.message).lower() and "dataloader" in str(w.message).lower()]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import cpu_trainer
 from PIL import Image
 
 from lightning_stream.vlm import VisionLanguageModel, VLMCollator, VLMTransform
@@ -177,17 +178,7 @@ def test_bf16_fit_through_the_streaming_data_module_learns(family_dirs, family, 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
             losses.append(float(outputs["loss"]))
 
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        max_epochs=4,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[Record()],
-        default_root_dir=tmp_path,
-    )
+    trainer = cpu_trainer(precision="bf16-mixed", max_epochs=4, callbacks=[Record()], default_root_dir=tmp_path)
     trainer.fit(module, datamodule=dm)
     assert len(losses) == 8 and all(np.isfinite(losses))
     assert np.mean(losses[-2:]) < np.mean(losses[:2]) - 0.3, losses

@@ -8,6 +8,7 @@ import os
 import lightning.pytorch as pl
 import pytest
 import torch
+from helpers import cpu_trainer
 from torch.utils.data import DataLoader
 
 from lightning_stream.vlm import (
@@ -89,7 +90,7 @@ def test_freeze_vision_tower_and_gradient_checkpointing(model_dir: str) -> None:
 def test_warmup_then_cosine_schedule(model_dir: str) -> None:
     module = VisionLanguageModel(model_dir, learning_rate=1.0, warmup_ratio=0.1)
     module.configure_model()
-    trainer = pl.Trainer(max_steps=100, accelerator="cpu", logger=False)
+    trainer = cpu_trainer(max_steps=100)
     module.trainer = trainer
     config = module.configure_optimizers()
     scheduler = config["lr_scheduler"]["scheduler"]
@@ -108,17 +109,14 @@ def test_short_fit_bf16_mixed_on_cpu_logs_metrics_and_predicts(model_dir, tmp_pa
     torch.manual_seed(0)
     module = VisionLanguageModel(model_dir, learning_rate=1e-3)
     checkpoints = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
-    trainer = pl.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
+        enable_checkpointing=True,
         precision="bf16-mixed",
         max_steps=4,
         val_check_interval=4,
         limit_val_batches=2,
         num_sanity_val_steps=0,
         callbacks=[checkpoints],
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         default_root_dir=tmp_path,
     )
     trainer.fit(module, loader(model_dir, 16), loader(model_dir, 8, "val"))
@@ -141,16 +139,7 @@ def test_validate_then_fit_reuses_metrics(model_dir: str) -> None:
     # Trainer.validate runs under inference mode; the metric reset there must not leave
     # inference tensors behind for the next fit's validation.
     module = VisionLanguageModel(model_dir)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_steps=1,
-        limit_val_batches=1,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = cpu_trainer(max_steps=1, limit_val_batches=1, num_sanity_val_steps=0)
     val = loader(model_dir, 4, "val")
     first = trainer.validate(module, val, verbose=False)[0]["val/loss"]
     trainer.fit(module, loader(model_dir, 4), val)
