@@ -20,6 +20,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ._compat import checkpoint_fit_loop
 from .loader import StreamingDataLoader
 from .state import StateMismatchError
 
@@ -36,10 +37,8 @@ def _train_loader(trainer: pl.Trainer) -> Any:
 def _loader_state_in(checkpoint: dict[str, Any]) -> tuple[dict | None, str | None]:
     """The loader state in ``checkpoint`` (None if absent), and where the checkpoint was written
     if it was mid-epoch without one (for the message)."""
-    fit = checkpoint.get("loops", {}).get("fit_loop", {})
-    states = fit.get("state_dict", {}).get("combined_loader") or []
+    states, progress = checkpoint_fit_loop(checkpoint)
     found = next((s for s in states if isinstance(s, dict) and "position" in s and "version" in s), None)
-    progress = fit.get("epoch_loop.batch_progress", {})
     batches = progress.get("current", {}).get("processed", 0)
     if found is not None or not batches or progress.get("is_last_batch", False):
         return found, None

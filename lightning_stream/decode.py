@@ -14,8 +14,9 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-from datasets.features.features import decode_nested_example, require_decoding
+from datasets.features.features import decode_nested_example
 
+from ._compat import needs_decoding
 from .stores.columns import is_list, numpy_view
 
 __all__ = ["Rows", "concat", "decode"]
@@ -57,7 +58,7 @@ def decode(rows: Rows, features: Any, batch_format: Literal["python", "numpy"] =
             continue
         column = columns[name]
         feature = features.get(name)
-        if feature is None or not require_decoding(feature):
+        if feature is None or not needs_decoding(feature):
             batch[name] = _numpy_column(column) if numpy else column.to_pylist()
             continue
         try:

@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from .._compat import is_packaged_builder
 from ..spec import Source
 from .remote import RemoteReadError, retried
 
@@ -40,10 +41,8 @@ _PROBE_GIVE_UP = 15.0
 def is_hub_id(source: Source) -> bool:
     """Whether ``datasets`` would look ``source.path`` up on the hub: not a local path, not a URL,
     not one of its builders (``json``, ``parquet``...)."""
-    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
-
     path = source.path
-    return not (os.path.exists(path) or "://" in path or path in _PACKAGED_DATASETS_MODULES)
+    return not (os.path.exists(path) or "://" in path or is_packaged_builder(path))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ leaves its parent's alone and makes its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import io
 import logging
@@ -33,8 +32,10 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from typing import Any
 
+from .._compat import datasets_streaming_retries
 from ..spec import Remote
 
 log = logging.getLogger(__name__)
@@ -221,6 +222,8 @@ async def fetch_async(fs: Any, path: str, start: int, end: int | None, settings:
     tries = _Tries(f"{path} (bytes {start}-{end})", settings)
     while True:
         try:
+            # Public despite the underscore: fsspec documents an async filesystem's coroutines as
+            # its blocking methods' names with a leading "_".
             return _whole(await fs._cat_file(path, start=start, end=end), start, end)
         except Exception as err:  # noqa: BLE001 - classified by _Tries
             await asyncio.sleep(tries.after(err))
@@ -415,26 +418,10 @@ def opened(load: Callable[[], Any], source: Any) -> Any:
             time.sleep(tries.after(counted))
 
 
-@contextlib.contextmanager
-def _datasets_retries(settings: Remote) -> Iterator[None]:
-    """``datasets``' own retries of a stream's opens and reads (``datasets.config.STREAMING_*``: 20
-    tries, 5 s apart) take ``settings``' count and first wait while ours read; then back as they were."""
-    import datasets.config as config
-
-    names = (
-        "STREAMING_READ_MAX_RETRIES",
-        "STREAMING_OPEN_MAX_RETRIES",
-        "STREAMING_READ_RETRY_INTERVAL",
-        "STREAMING_OPEN_RETRY_INTERVAL",
-    )
-    saved = {name: getattr(config, name) for name in names}
-    config.STREAMING_READ_MAX_RETRIES = config.STREAMING_OPEN_MAX_RETRIES = settings.retries
-    config.STREAMING_READ_RETRY_INTERVAL = config.STREAMING_OPEN_RETRY_INTERVAL = settings.backoff
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            setattr(config, name, value)
+def _datasets_retries(settings: Remote) -> AbstractContextManager[None]:
+    """``datasets``' own retries of a stream's opens and reads (20 tries, 5 s apart) take
+    ``settings``' count and first wait while ours read; then back as they were."""
+    return datasets_streaming_retries(settings.retries, settings.backoff)
 
 
 def retried_tables(read: Callable[[], Iterator[Any]], what: str, source: Any) -> Iterator[Any]:

@@ -12,6 +12,7 @@ import os
 
 import datasets
 
+from .._compat import builder_extensions, resolve_data_files
 from ..spec import Source
 from .culprits import no_data_files
 from .hub import is_hub_id
@@ -39,7 +40,7 @@ def resolve_files(source: Source) -> list[str]:
             files.append(pattern)
             continue
         try:
-            found = datasets.data_files.resolve_pattern(pattern, base_path=base)
+            found = resolve_data_files(pattern, base)
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f"Source(path={source.path!r}): no file matches {pattern!r} (under {os.path.abspath(base)})"
@@ -98,9 +99,7 @@ def _builder(source: Source) -> datasets.DatasetBuilder:
             source.path, source.name, data_dir=source.data_dir, data_files=split_files(source), **kwargs
         )
     except FileNotFoundError as err:
-        from datasets.packaged_modules import _MODULE_TO_EXTENSIONS
-
-        message = no_data_files(source.path, _MODULE_TO_EXTENSIONS) if source.data_files is None else None
+        message = no_data_files(source.path, builder_extensions()) if source.data_files is None else None
         if message is None:
             raise
         raise FileNotFoundError(message) from err

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
-from lightning_stream._compat import merge_images_in_embedding_dtype
+from lightning_stream._compat import attached_trainer, fsdp_unwrapped, merge_images_in_embedding_dtype
 from lightning_stream.schedules import warmup_cosine
 from lightning_stream.vlm.errors import ModelLoadError
 from lightning_stream.vlm.images import load_image
@@ -159,7 +159,7 @@ class VisionLanguageModel(pl.LightningModule):
         """The batch entries the model's forward accepts (labels excluded: we do the loss)."""
         if self._forward_keys is None:
             # FSDP's wrapper hides the signature behind (*args, **kwargs); read the model's.
-            model = getattr(self.model, "_fsdp_wrapped_module", self.model)
+            model = fsdp_unwrapped(self.model)
             params = inspect.signature(model.forward).parameters.values()
             self._forward_keys = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         if not self._forward_keys:  # nothing to go by: trust the collator
@@ -195,14 +195,14 @@ class VisionLanguageModel(pl.LightningModule):
         # The sum over zero tokens keeps the graph (and DDP's gradient sync) intact for a
         # later batch whose answers were all truncated away.
         loss = F.cross_entropy(logits, targets, reduction="sum") / max(1, targets.numel())
-        if self._trainer is not None:  # also callable by hand, e.g. in a notebook
+        if attached_trainer(self) is not None:  # also callable by hand, e.g. in a notebook
             self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
         return loss
 
     def _no_supervised_tokens(self, batch: dict[str, torch.Tensor]) -> None:
         """A first batch with nothing to learn is a data bug, not bad luck: say so, loudly."""
         self._empty_batches = getattr(self, "_empty_batches", 0) + 1
-        first = self._trainer is None or self.trainer.global_step == 0
+        first = attached_trainer(self) is None or self.trainer.global_step == 0
         if first:
             raise ValueError(
                 "no supervised token in the batch: every label is -100, so the loss would be "

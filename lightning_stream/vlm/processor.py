@@ -225,8 +225,9 @@ def _processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type | None:
     """The processor class a checkpoint names, or its model type maps to; ``None`` if neither."""
     import transformers
     from transformers import AutoConfig
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
     from transformers.processing_utils import ProcessorMixin
+
+    from .._compat import processor_class_for_config
 
     hub_kwargs = {k: v for k, v in kwargs.items() if k in _HUB_KWARGS}
     try:
@@ -240,7 +241,7 @@ def _processor_class(name_or_path: str, kwargs: dict[str, Any]) -> type | None:
         config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     except (OSError, ValueError):
         return None
-    return PROCESSOR_MAPPING.get(type(config), None)
+    return processor_class_for_config(config)
 
 
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "trust_remote_code")

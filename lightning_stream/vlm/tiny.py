@@ -96,11 +96,11 @@ def build_tiny_vlm(
 
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaProcessor
 
+    from lightning_stream._compat import pil_image_processing_module
+
     try:  # transformers 5 names the PIL backend; it needs no torchvision
-        from transformers.models.siglip.image_processing_pil_siglip import (
-            SiglipImageProcessorPil as SiglipImageProcessor,
-        )
-    except ImportError:  # transformers 4
+        SiglipImageProcessor = pil_image_processing_module("siglip").SiglipImageProcessorPil
+    except (ImportError, AttributeError):  # transformers 4
         from transformers import SiglipImageProcessor
 
     tokenizer = train_tokenizer(

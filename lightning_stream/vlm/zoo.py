@@ -23,6 +23,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from lightning_stream._compat import pil_image_processing_module
 from lightning_stream.vlm.processor import without_video
 from lightning_stream.vlm.shapes import corpus
 from lightning_stream.vlm.shapes_chat import CHAT_TEXTS
@@ -78,7 +79,7 @@ def _cls(module: str, name: str) -> Any:
 
 def _pil(module: str, name: str) -> Any:
     # The PIL image processors need no torchvision (transformers 5 names them ``*Pil``).
-    return _cls(f"{module}.image_processing_pil_{module}", name)
+    return getattr(pil_image_processing_module(module), name)
 
 
 def _text(config_cls: Any, tokenizer: Any, **extra: Any) -> Any:
