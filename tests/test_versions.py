@@ -118,16 +118,24 @@ def _fit(dm: StreamingDataModule, tmp_path, module: pl.LightningModule | None = 
     trainer.fit(module or _Tiny(), datamodule=dm)
 
 
-class _Tiny(pl.LightningModule):
-    def __init__(self) -> None:
-        super().__init__()
-        self.w = torch.nn.Parameter(torch.zeros(1))
+def _tiny_module_class(base: type) -> type:
+    """A one-parameter module on ``base`` (``lightning.pytorch``'s or ``pytorch_lightning``'s)."""
 
-    def training_step(self, batch, batch_idx):
-        return self.w.sum()
+    class Tiny(base):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
+        def training_step(self, batch, batch_idx):
+            return self.w.sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    return Tiny
+
+
+_Tiny = _tiny_module_class(pl.LightningModule)
 
 
 class _CountingRows:
@@ -204,19 +212,8 @@ def test_old_pytorch_lightning_namespace_is_told_which_import_to_change(tmp_path
         default_root_dir=tmp_path,
     )
 
-    class Old(old.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.w = torch.nn.Parameter(torch.zeros(1))
-
-        def training_step(self, batch, batch_idx):
-            return self.w.sum()
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
     with pytest.raises(TypeError, match="import lightning.pytorch as pl"):
-        trainer.fit(Old(), datamodule=dm)
+        trainer.fit(_tiny_module_class(old.LightningModule)(), datamodule=dm)
 
 
 def test_lightning_pytorch_trainer_is_accepted(tmp_path) -> None:
