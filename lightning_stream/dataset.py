@@ -103,7 +103,7 @@ class StreamingDataset(IterableDataset):
         info = get_worker_info()
         worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
         store = self.store
-        if not store.random_access and hasattr(store, "set_epoch"):
+        if not store.random_access:
             store.set_epoch(at.epoch)  # a user's IterableDataset read directly: its own shuffle follows the epoch
         reader = Reader(self.rank, self.world_size, worker, num_workers)
         for planned in plan(store, self.options, self.layout, at, reader):
@@ -123,7 +123,7 @@ class StreamingDataset(IterableDataset):
             return outgoing(header, collate_rows(batch, self.options.collate_fn) if out else None)
 
     def _transform(self, rows: Rows) -> dict[str, Any]:
-        chain = getattr(self.store, "chain", None)
+        chain = self.store.chain
         if chain is not None:  # a datasets object's own map/filter chain or format decodes and maps first
             batch = chain(rows.table)
         else:

@@ -69,10 +69,7 @@ def take(store: Any, rows: np.ndarray) -> Rows:
     """The rows at ``rows`` (indices), with numeric columns as numpy where the store has them."""
     if not len(rows):
         return Rows.empty()  # an evaluation rank's empty last batch (split.EvalLayout): nothing to read
-    take_arrays = getattr(store, "take_arrays", None)
-    if take_arrays is None:
-        return Rows.of(store.take(rows))
-    table, arrays = take_arrays(rows)
+    table, arrays = store.take_arrays(rows)
     return Rows(table, arrays, len(rows))
 
 
@@ -98,7 +95,7 @@ def _read_ahead(
     store: Any, options: Any, steps: range, rows_of: Callable[[int], np.ndarray]
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(step, rows)`` for each of ``steps``; a store that reads ahead is told the next batches' rows."""
-    if not getattr(store, "reads_ahead", False):
+    if not store.reads_ahead:
         yield from ((step, rows_of(step)) for step in steps)
         return
     # A window's worth of this reader's batches (its row groups are needed together), and as many

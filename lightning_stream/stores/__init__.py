@@ -23,8 +23,8 @@ whole contract a new kind has to keep.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from typing import Protocol
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
 
 import datasets
 import numpy as np
@@ -77,6 +77,9 @@ class Store(Protocol):
     portable: bool
     """Whether the store may be pickled to a worker, which then opens its own handles (no file
     listing, footer or feature inference again); otherwise a worker opens the source anew."""
+    chain: Callable[[pa.Table], dict[str, Any]] | None
+    """A ``datasets`` object's own ``map``/``filter``/format chain, run on each batch's arrow rows
+    before the pipeline (it decodes them itself); None: rows are decoded by ``decode.py``."""
 
     def describe(self, row: int) -> str:
         """Where ``row`` comes from (file and row in it), for error messages."""
@@ -95,14 +98,8 @@ class Order(Protocol):
 
 
 class RandomAccessStore(Store, Protocol):
-    """A store that fetches rows by index.
-
-    Arrow stores may also have ``take_arrays(rows) -> (pa.Table | None, dict[str, np.ndarray])``,
-    an optional fast path that returns numeric columns as numpy; callers fall back to ``take``.
-    """
-
-    block_lengths: list[int]
-    """Rows of each contiguous block, in source order (row groups, or slices of arrow files)."""
+    """A store that fetches rows by index. ``base.BlockStore`` gives every optional member a
+    default (no read-ahead, no numpy fast path), so a new kind writes only what it does better."""
 
     def take(self, rows: np.ndarray) -> pa.Table:
         """The rows at indices ``rows``, in that order."""
@@ -114,6 +111,20 @@ class RandomAccessStore(Store, Protocol):
         """The order of ``epoch`` cut into ``lanes`` read batch by batch (``order.py``)."""
         ...
 
+    def take_arrays(self, rows: np.ndarray) -> tuple[pa.Table | None, dict[str, np.ndarray]]:
+        """The rows at ``rows``: the columns it can give as numpy (zero-copy views where arrow
+        allows), and the others as a table (None when every column is in the dict)."""
+        ...
+
+    reads_ahead: bool
+    """Whether the store fetches rows before they are taken (remote parquet)."""
+    read_ahead_rows: int
+    """Rows the store keeps in flight ahead of use (0 when it does not read ahead)."""
+
+    def read_ahead(self, rows: list[np.ndarray]) -> None:
+        """The rows of the next batches, in the order they will be taken: start fetching them."""
+        ...
+
 
 class SequentialStore(Store, Protocol):
     """A store read front to back, shard by shard (:class:`StreamWindows` shuffles it)."""
@@ -123,6 +134,10 @@ class SequentialStore(Store, Protocol):
 
     def read_shard(self, index: int) -> Iterator[pa.Table]:
         """The rows of shard ``index``, front to back, as arrow tables in ``features``' column order."""
+        ...
+
+    def set_epoch(self, epoch: int) -> None:
+        """Told before each epoch (a user's ``IterableDataset`` shuffles by it; others ignore it)."""
         ...
 
 

@@ -91,9 +91,26 @@ def gather(keys: np.ndarray, fetch: Callable[[int, np.ndarray], pa.Table]) -> pa
 
 
 class BlockStore:
-    """Base of the random-access stores whose epoch order shuffles their blocks (``order.py``)."""
+    """Base of the random-access stores whose epoch order shuffles their blocks (``order.py``).
+
+    It gives the optional members of ``RandomAccessStore`` their defaults: no chain, no
+    read-ahead, and ``take_arrays`` as ``take``.
+    """
 
     block_lengths: list[int]
+    """Rows of each contiguous block, in source order (row groups, or slices of arrow files)."""
+    chain = None
+    reads_ahead = False
+    read_ahead_rows = 0
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        raise NotImplementedError
+
+    def take_arrays(self, rows: np.ndarray) -> tuple[pa.Table | None, dict[str, np.ndarray]]:
+        return self.take(rows), {}
+
+    def read_ahead(self, rows: list[np.ndarray]) -> None:
+        """No read-ahead: rows are read when taken."""
 
     def epoch_order(
         self, *, seed: int, epoch: int, shuffle: bool, window: int, lanes: int = 1, batch_size: int = 1

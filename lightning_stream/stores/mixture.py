@@ -59,6 +59,7 @@ class MixtureStore:
     """
 
     random_access = True
+    chain = None
 
     def __init__(self, mix: Mix, *, open_source: Callable[[Source], Store]) -> None:
         sources = [as_source(s) for s in mix.sources]  # the Mix checked its arguments when it was made
@@ -111,20 +112,21 @@ class MixtureStore:
     def take(self, rows: np.ndarray) -> pa.Table:
         return gather(self._source_of(rows), lambda i, sel: self.stores[i].take(rows[sel] - self.offsets[i]))
 
+    def take_arrays(self, rows: np.ndarray) -> tuple[pa.Table | None, dict[str, np.ndarray]]:
+        return self.take(rows), {}
+
     @property
     def reads_ahead(self) -> bool:
-        return any(getattr(store, "reads_ahead", False) for store in self.stores)
+        return any(store.reads_ahead for store in self.stores)
 
     @property
     def read_ahead_rows(self) -> int:
-        return sum(
-            getattr(store, "read_ahead_rows", 0) for store in self.stores if getattr(store, "reads_ahead", False)
-        )
+        return sum(store.read_ahead_rows for store in self.stores if store.reads_ahead)
 
     def read_ahead(self, rows: list[np.ndarray]) -> None:
         """Hand each source that reads ahead the rows of the next batches that are its own."""
         for i, store in enumerate(self.stores):
-            if getattr(store, "reads_ahead", False):
+            if store.reads_ahead:
                 own = [batch[self._source_of(batch) == i] - self.offsets[i] for batch in rows]
                 store.read_ahead(own)
 

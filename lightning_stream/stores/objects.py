@@ -241,7 +241,39 @@ class _Replay:
         return out
 
 
-class ChainStore:
+class _Forwarding:
+    """A store built on another (``_base``): each member of the store contract forwarded by name,
+    so that a member added to the contract later is a decision here, not a silent pass-through."""
+
+    _base: Any
+
+    random_access = property(lambda self: self._base.random_access)
+    features = property(lambda self: self._base.features)
+    num_rows = property(lambda self: self._base.num_rows)
+    where = property(lambda self: self._base.where)
+    fork_safe = property(lambda self: self._base.fork_safe)
+    portable = property(lambda self: self._base.portable)
+    block_lengths = property(lambda self: self._base.block_lengths)
+    reads_ahead = property(lambda self: self._base.reads_ahead)
+    read_ahead_rows = property(lambda self: self._base.read_ahead_rows)
+
+    def take(self, rows: np.ndarray) -> pa.Table:
+        return self._base.take(rows)
+
+    def describe(self, row: int) -> str:
+        return self._base.describe(row)
+
+    def epoch_order(self, **kwargs: Any) -> Any:
+        return self._base.epoch_order(**kwargs)
+
+    def read_ahead(self, rows: list[np.ndarray]) -> None:
+        self._base.read_ahead(rows)
+
+    def take_arrays(self, rows: np.ndarray) -> tuple[pa.Table | None, dict[str, np.ndarray]]:
+        return self.take(rows), {}  # no numpy fast path: a chain takes arrow rows
+
+
+class ChainStore(_Forwarding):
     """A store whose rows go through a per-batch function (``chain``) before the pipeline.
 
     Everything else is the base store's; the fast numpy path is not offered, since the chain
@@ -251,11 +283,6 @@ class ChainStore:
     def __init__(self, base: Any, chain: Any, what: str) -> None:
         self._base, self.chain, self.what = base, chain, what
         self.fingerprint = fingerprint([base.fingerprint, what])
-
-    def __getattr__(self, name: str) -> Any:
-        if name in ("_base", "take_arrays") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._base, name)
 
 
 def sliced(store: Any, split: str, where: str) -> Any:
@@ -276,8 +303,15 @@ def sliced(store: Any, split: str, where: str) -> Any:
     return SliceStore(store, absolute.from_, absolute.to, split)
 
 
-class SliceStore:
-    """Rows ``[start, stop)`` of a random-access store, as a store of their own."""
+class SliceStore(_Forwarding):
+    """Rows ``[start, stop)`` of a random-access store, as a store of their own.
+
+    Its base's read-ahead is not used (the base would plan rows the slice never takes).
+    """
+
+    num_rows = where = block_lengths = None  # set per instance below
+    reads_ahead, read_ahead_rows = False, 0
+    chain = property(lambda self: self._base.chain)
 
     def __init__(self, base: Any, start: int, stop: int, split: str) -> None:
         self._base, self.start, self.stop = base, int(start), int(stop)
@@ -286,10 +320,8 @@ class SliceStore:
         self.where = f"{base.where}[{self.start}:{self.stop}]"
         self.block_lengths = _cut(base.block_lengths, self.start, self.stop)
 
-    def __getattr__(self, name: str) -> Any:
-        if name in ("_base", "take_arrays", "read_ahead", "reads_ahead") or name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._base, name)
+    def read_ahead(self, rows: list[np.ndarray]) -> None:
+        """No read-ahead (see the class)."""
 
     def take(self, rows: np.ndarray) -> pa.Table:
         return self._base.take(np.asarray(rows) + self.start)

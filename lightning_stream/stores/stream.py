@@ -39,6 +39,10 @@ class StreamStore:
     # a file again to infer them (the json builder reads a whole chunk of the first file).
     fork_safe = True
     portable = True
+    chain = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Nothing to tell: the stream's shard order and windows follow ``StreamWindows``' epoch."""
 
     def __init__(self, source: Source) -> None:
         self._source = source
