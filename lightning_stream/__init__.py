@@ -9,6 +9,7 @@ from .callbacks import StreamingCallback
 from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import StreamingDataset
+from .empty import EmptyBatch, empty_step_loss
 from .loader import StreamingDataLoader
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
@@ -17,6 +18,7 @@ from .tally import EmptyEpochError, RowError
 from .transforms import Filter, Map, TransformError
 
 __all__ = [
+    "EmptyBatch",
     "EmptyEpochError",
     "Filter",
     "Map",
@@ -33,6 +35,7 @@ __all__ = [
     "StreamingDataset",
     "TransformError",
     "default_collate",
+    "empty_step_loss",
 ]
 
 __version__ = "0.1.0.dev0"

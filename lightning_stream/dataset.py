@@ -17,6 +17,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .collate import collate_rows
 from .decode import Rows, decode
+from .empty import EmptyBatch
 from .plans import PlannedStep, Reader, plan
 from .progress import PassChannel
 from .rng import batch_rng
@@ -120,7 +121,11 @@ class StreamingDataset(IterableDataset):
             batch, skipped = transform_rows(rows, self._transform, planned.describe, self.options.on_error)
             out = num_rows(batch)
             header = BatchHeader(planned.step, rows.num_rows, out, skipped, planned.anchor)
-            return outgoing(header, collate_rows(batch, self.options.collate_fn) if out else None)
+            if out:
+                return outgoing(header, collate_rows(batch, self.options.collate_fn))
+            # A training step whose rows were all removed is still a step (``empty.py``).
+            emptied = rows.num_rows and not self.options.evaluation
+            return outgoing(header, EmptyBatch(planned.step) if emptied else None)
 
     def _transform(self, rows: Rows) -> dict[str, Any]:
         chain = self.store.chain

@@ -200,6 +200,10 @@ class StreamingDataLoader(StatefulDataLoader):
 
     def _on_batch(self, header: BatchHeader, yielded: bool) -> None:
         self.stats.add(header)
+        if self.stats.length is not None and header.step + 1 >= self.stats.length:
+            # The pass's last step: Lightning, knowing len(), may not ask for the end of the pass,
+            # so an epoch of emptied steps is refused here, not trained through in silence.
+            self.stats.finished()
         if yielded:
             self._progress.yielded(header.step, header.anchor)
             if not self.acked_externally:

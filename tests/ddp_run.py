@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from lightning_stream import Source, StreamingDataModule  # noqa: E402
+from lightning_stream import EmptyBatch, Filter, Source, StreamingDataModule, empty_step_loss  # noqa: E402
 from lightning_stream.testing import IdModel  # noqa: E402
 
 
@@ -37,7 +37,8 @@ class Recorder(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         with open(os.path.join(self.out, f"train-rank{trainer.global_rank}.jsonl"), "a") as f:
-            f.write(json.dumps([trainer.current_epoch, trainer.global_step, batch["id"].tolist()]) + "\n")
+            ids = [] if isinstance(batch, EmptyBatch) else batch["id"].tolist()
+            f.write(json.dumps([trainer.current_epoch, trainer.global_step, ids]) + "\n")
 
 
 class Model(IdModel):
@@ -49,7 +50,10 @@ class Model(IdModel):
 
     def training_step(self, batch, batch_idx):
         time.sleep(self.step_sleep)
-        loss = super().training_step(batch, batch_idx)
+        if isinstance(batch, EmptyBatch):
+            loss = empty_step_loss(self)  # a zero loss on every parameter: the gradient sync still meets
+        else:
+            loss = super().training_step(batch, batch_idx)
         self.log("train/loss", loss, sync_dist=True)  # a collective every step: uneven ranks would hang
         return loss
 
@@ -58,6 +62,11 @@ class Model(IdModel):
         self.val_rows.update(torch.tensor(float(len(batch["id"]))), weight=1.0)
         self.log("val/mean", self.val_mean)
         self.log("val/loss", torch.zeros(()), sync_dist=True)
+
+
+def empties_rank1_batches(row):
+    """Unshuffled, batch 10 on 2 ranks: removes all of rank 1's batch at every third step."""
+    return not ((row["id"] // 10) % 2 == 1 and (row["id"] // 20) % 3 == 0)
 
 
 def main():
@@ -75,6 +84,7 @@ def main():
     p.add_argument("--ckpt-every", type=int, default=0)
     p.add_argument("--resume", default=None)
     p.add_argument("--step-sleep", type=float, default=0.0)
+    p.add_argument("--filter-empty", action="store_true")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train = (
@@ -90,6 +100,7 @@ def main():
         shuffle=not a.no_shuffle,
         buffer_size=64,
         seed=11,
+        filter=Filter(empties_rank1_batches, batched=False) if a.filter_empty else None,
     )
     callbacks = [Recorder(a.out)]
     if a.ckpt_every:

@@ -8,7 +8,7 @@ import torch
 from conftest import PARQUET_SIZES
 from helpers import cpu_trainer, epoch_batches, epoch_ids
 
-from lightning_stream import Filter, Source, StreamingDataModule
+from lightning_stream import EmptyBatch, Filter, Source, StreamingDataModule, empty_step_loss
 from lightning_stream.testing import BatchRecorder, IdModel
 
 
@@ -115,13 +115,41 @@ def test_filter_shrinks_batches_but_keeps_the_step_count(source):
     assert loader.stats.filtered == 334
 
 
-def test_batch_emptied_by_the_filter_is_not_yielded(source):
+def test_batch_emptied_by_the_filter_is_still_a_step(source):
+    """len() stays true: an emptied training batch is an EmptyBatch, not a missing step."""
     dm = StreamingDataModule(
         train=source, filter=Filter(lambda r: r["id"] >= 20, batched=False), batch_size=10, shuffle=False
     )
-    batches = list(dm.train_dataloader())
-    assert len(batches) == 98
-    assert batches[0]["id"][0].item() == 20
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == 100
+    assert [type(b) for b in batches[:2]] == [EmptyBatch, EmptyBatch] and not batches[0]
+    assert batches[2]["id"][0].item() == 20
+    assert loader.stats.filtered == 20
+    with pytest.raises(KeyError, match="empty_step_loss"):
+        batches[0]["id"]
+
+
+def test_emptied_steps_are_skipped_by_lightning_on_one_device(tmp_path, source):
+    seen = []
+
+    class Model(IdModel):
+        def training_step(self, batch, batch_idx):
+            if isinstance(batch, EmptyBatch):
+                return empty_step_loss(self)  # None on one device: Lightning skips the step
+            seen.extend(batch["id"].tolist())
+            return super().training_step(batch, batch_idx)
+
+    dm = StreamingDataModule(
+        train=source, filter=Filter(lambda r: r["id"] % 100 >= 30, batched=False), batch_size=10, shuffle=False
+    )
+    trainer = cpu_trainer(default_root_dir=str(tmp_path), max_epochs=1)
+    model = Model()
+    trainer.fit(model, datamodule=dm)
+    assert seen == [i for i in range(1000) if i % 100 >= 30]
+    assert trainer.fit_loop.epoch_loop.batch_progress.current.processed == 100
+    # SGD on (w - 1)^2 from 0: 1 - 0.98^k after k updates; the 30 emptied steps updated nothing.
+    assert model.w.item() == pytest.approx(1 - 0.98**70, rel=1e-5)
 
 
 def test_validation_loader_reads_everything_in_order(tmp_path, data_dir):

@@ -56,6 +56,29 @@ def test_uneven_data_even_steps_no_hang(tmp_path, uneven_dir, jsonl_dir, data):
         assert 1001 - len(ids) <= 1  # at most world_size - 1 rows missed
 
 
+def test_filter_that_empties_batches_on_one_rank_keeps_steps_even(tmp_path, data_dir):
+    """Whole batches are emptied, more on one rank than the other: both take len() steps, no hang."""
+    run(
+        tmp_path,
+        "--train",
+        os.path.join(data_dir, "one.parquet"),
+        "--workers",
+        2,
+        "--no-shuffle",
+        "--max-epochs",
+        1,
+        "--filter-empty",
+    )
+    r0, r1 = batches(tmp_path, 0), batches(tmp_path, 1)
+    with open(tmp_path / "meta-rank0.json") as f:
+        steps = json.load(f)["num_training_batches"]
+    assert len(r0) == len(r1) == steps == 50
+    empty0, empty1 = (sum(1 for *_, ids in r if not ids) for r in (r0, r1))
+    assert empty0 != empty1 and max(empty0, empty1) >= 5  # whole batches emptied, unevenly
+    ids = epoch_ids(r0, 0) + epoch_ids(r1, 0)
+    assert sorted(ids) == [i for i in range(1000) if not ((i // 10) % 2 == 1 and (i // 20) % 3 == 0)]
+
+
 def test_validation_is_exact_across_ranks(tmp_path, uneven_dir, data_dir):
     val = os.path.join(uneven_dir, "odd.parquet")
     run(tmp_path, "--train", os.path.join(data_dir, "disk"), "--val", val, "--batch-size", 16, "--max-epochs", 1)
