@@ -11,6 +11,7 @@ from .datamodule import StreamingDataModule
 from .dataset import StreamingDataset
 from .empty import EmptyBatch, empty_step_loss
 from .loader import StreamingDataLoader
+from .packing_collate import PackedCollator
 from .spec import DatasetSource, Mix, Remote, Source
 from .state import StateMismatchError
 from .stores.remote import RemoteReadError
@@ -23,6 +24,7 @@ __all__ = [
     "Filter",
     "Map",
     "Mix",
+    "PackedCollator",
     "Remote",
     "RemoteReadError",
     "RowError",

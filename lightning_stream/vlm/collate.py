@@ -7,6 +7,10 @@ batch for most families (Qwen's patches with ``image_grid_thw``, LLaVA-NeXT's ti
 ``image_sizes``), one zero-padded entry per row for Idefics3/SmolVLM. Rows may have 0, 1 or
 several images; a key present in any row is batched.
 
+With ``pack=True`` the rows are packed instead of padded: one ``[1, T]`` sequence with no
+pad token, per-row ``position_ids`` and the FlashAttention varlen arguments (see
+:mod:`~lightning_stream.vlm.packing`).
+
 Example:
     >>> collate = VLMCollator(pad_token_id=0)
     >>> batch = collate([
@@ -26,6 +30,7 @@ import numpy as np
 import torch
 
 from lightning_stream.vlm.families import COUNT_KEYS, SEQUENCE_KEYS, concat_images, family_of
+from lightning_stream.vlm.packing import check_packable, pack_vlm_rows
 from lightning_stream.vlm.processor import LazyProcessor
 from lightning_stream.vlm.transform import IGNORE_INDEX
 
@@ -53,10 +58,15 @@ class VLMCollator:
         processor_kwargs: extra arguments for ``AutoProcessor.from_pretrained``.
         images_per_row: whether image arrays keep a row dimension; ``None`` asks the
             processor's family (and means no without a processor).
+        pack: concatenate the rows into one sequence without padding (``input_ids`` of
+            ``[1, T]``, ``T`` the sum of the rows' lengths), with ``position_ids``
+            restarting per row, ``cu_seq_lens_q/k``, ``max_length_q/k``, the first label of
+            every row ``-100`` and no ``attention_mask``; needs no pad id.
 
     Raises:
-        ValueError: a row's ``labels`` and ``input_ids`` differ in length, or rows carry
-            image arrays of different ranks.
+        ValueError: a row's ``labels`` and ``input_ids`` differ in length, rows carry image
+            arrays of different ranks, or ``pack=True`` for a family whose rows cannot be
+            packed (Mllama).
 
     Example:
         >>> VLMCollator(processor="data/shapes/model", pad_to_multiple_of=8)  # doctest: +SKIP
@@ -70,11 +80,14 @@ class VLMCollator:
         padding_side: Literal["right", "left"] = "right",
         processor_kwargs: dict[str, Any] | None = None,
         images_per_row: bool | None = None,
+        pack: bool = False,
     ) -> None:
-        if processor is None and pad_token_id is None:
+        if processor is None and pad_token_id is None and not pack:
             raise ValueError("VLMCollator needs `processor` or `pad_token_id`")
         if pad_to_multiple_of is not None and pad_to_multiple_of < 1:
             raise ValueError(f"pad_to_multiple_of must be positive, got {pad_to_multiple_of}")
+        if pack and pad_to_multiple_of is not None:
+            raise ValueError("pack=True adds no padding: drop pad_to_multiple_of")
         if padding_side not in ("right", "left"):
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         self.processor = processor
@@ -82,6 +95,7 @@ class VLMCollator:
         self.pad_to_multiple_of = pad_to_multiple_of
         self.padding_side = padding_side
         self.images_per_row = images_per_row
+        self.pack = pack
         self._lazy = LazyProcessor(processor, processor_kwargs) if processor else None
 
     def preflight(self) -> None:
@@ -89,6 +103,8 @@ class VLMCollator:
         :class:`~lightning_stream.vlm.errors.ProcessorLoadError` before any row is read."""
         if self._lazy is not None:
             self._lazy.load()
+            if self.pack:
+                check_packable(self._lazy.processor)
 
     def __call__(self, rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         if not rows:
@@ -103,6 +119,10 @@ class VLMCollator:
                     f"{len(row['input_ids'])}; labels must be aligned with the ids (did the "
                     "processor return labels of its own?)"
                 )
+        if self.pack:
+            if self._lazy is not None:
+                check_packable(self._lazy.processor)
+            return pack_vlm_rows(rows, self._per_row())
         lengths = [len(row["input_ids"]) for row in rows]
         width = max(lengths)
         if self.pad_to_multiple_of:

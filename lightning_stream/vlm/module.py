@@ -26,9 +26,11 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lightning_stream._compat import attached_trainer, fsdp_unwrapped, merge_images_in_embedding_dtype
+from lightning_stream.packing_collate import packed_rows
 from lightning_stream.schedules import warmup_cosine
 from lightning_stream.vlm.errors import ModelLoadError
 from lightning_stream.vlm.images import load_image
+from lightning_stream.vlm.packing import model_inputs as packed_model_inputs
 from lightning_stream.vlm.processor import LazyProcessor, render_prompt
 from lightning_stream.vlm.transform import IGNORE_INDEX
 
@@ -156,15 +158,21 @@ class VisionLanguageModel(pl.LightningModule):
         return not has_weights
 
     def _inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The batch entries the model's forward accepts (labels excluded: we do the loss)."""
+        """The batch entries the model's forward accepts (labels excluded: we do the loss).
+
+        A packed batch (``VLMCollator(pack=True)``) also passes its FlashAttention varlen
+        arguments, which the forward takes through ``**kwargs``, and gets mRoPE positions
+        from the model itself (see :mod:`~lightning_stream.vlm.packing`).
+        """
+        model = fsdp_unwrapped(self.model)  # FSDP's wrapper hides the signature behind (*args, **kwargs)
         if self._forward_keys is None:
-            # FSDP's wrapper hides the signature behind (*args, **kwargs); read the model's.
-            model = fsdp_unwrapped(self.model)
             params = inspect.signature(model.forward).parameters.values()
             self._forward_keys = {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        if not self._forward_keys:  # nothing to go by: trust the collator
-            return {k: v for k, v in batch.items() if k != "labels"}
-        return {k: v for k, v in batch.items() if k in self._forward_keys and k != "labels"}
+        keys = self._forward_keys or batch.keys()  # no signature to go by: trust the collator
+        inputs = {k: v for k, v in batch.items() if k in keys and k != "labels"}
+        if packed_rows(batch) is not None:
+            inputs = packed_model_inputs(model, batch, inputs)
+        return inputs
 
     def forward(self, **inputs: torch.Tensor) -> Any:
         return self.model(**inputs)
@@ -178,13 +186,13 @@ class VisionLanguageModel(pl.LightningModule):
         """
         labels = batch["labels"]
         targets = labels[:, 1:]
-        inputs = self._inputs(batch)
+        inputs = {**self._inputs(batch), "use_cache": False}
         columns = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()
         if "logits_to_keep" in self._forward_keys and len(columns):
-            logits = self.model(**inputs, logits_to_keep=columns, use_cache=False).logits
+            logits = self.model(**inputs, logits_to_keep=columns).logits
             targets = targets[:, columns]
         else:
-            logits = self.model(**inputs, use_cache=False).logits[:, :-1]
+            logits = self.model(**inputs).logits[:, :-1]
         mask = targets != IGNORE_INDEX
         return logits[mask].float(), targets[mask]
 
@@ -196,7 +204,9 @@ class VisionLanguageModel(pl.LightningModule):
         # later batch whose answers were all truncated away.
         loss = F.cross_entropy(logits, targets, reduction="sum") / max(1, targets.numel())
         if attached_trainer(self) is not None:  # also callable by hand, e.g. in a notebook
-            self.log("train/loss", loss, prog_bar=True, batch_size=batch["input_ids"].shape[0])
+            # A packed batch is one sequence of several rows: count the rows.
+            rows = packed_rows(batch) or batch["input_ids"].shape[0]
+            self.log("train/loss", loss, prog_bar=True, batch_size=rows)
         return loss
 
     def _no_supervised_tokens(self, batch: dict[str, torch.Tensor]) -> None:
