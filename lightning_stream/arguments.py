@@ -48,6 +48,9 @@ _ACCEPTS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     "even": _one_of("drop", "pad"),
     "batch_format": _one_of("python", "numpy"),
     "lanes": (_INT + _NONE, lambda v: v is None or v >= 1, "None (world_size x num_workers) or an int >= 1"),
+    "batch_tokens": (_INT + _NONE, lambda v: v is None or v >= 1, "None (fixed batches) or an int >= 1"),
+    "length": ((str,) + _NONE, _ANY, "None, a column name or a function of a raw row"),
+    "max_images": (_INT + _NONE, lambda v: v is None or v >= 0, "None (no limit) or an int >= 0"),
 }
 
 _CALLABLES = ("collate_fn", "eval_collate_fn", "prepare")
@@ -63,6 +66,8 @@ def check_arguments(**arguments: Any) -> None:
         TypeError: StreamingDataModule(batch_size='32'): batch_size must be an int >= 1, got a str
     """
     for name, value in arguments.items():
+        if name == "length" and callable(value):
+            continue  # a function of a raw row
         if name in _CALLABLES:
             if value is not None and not callable(value):
                 raise TypeError(

@@ -94,6 +94,17 @@ class StreamingDataModule(pl.LightningDataModule):
             resume on another topology keeps the same order. Pass a multiple of every reader
             count you may resume on (e.g. 64) to keep reads at one per block after such a resume;
             each reader then holds ``lanes / readers`` shuffle windows.
+        batch_tokens: token-budget steps: each training step's rows are chosen so that their
+            ``length`` sums to at most ``batch_tokens`` (per rank), planned best-fit over each
+            shuffle window before the epoch starts, so ``len()`` is known and equal on every
+            rank and a resume is exact. ``batch_size`` then caps the rows of a step. Pair with a
+            packing collator (``VLMCollator(pack=True)``, ``PackedCollator``) for steps without
+            padding. Needs a source read by index (parquet, arrow, a ``datasets.Dataset``).
+        length: each raw row's tokens, known before the transform: a column (an integer count,
+            or a list whose items are counted) or a function of a raw row returning its tokens
+            or ``(tokens, images)``. Measured once when the train loader is built.
+        max_images: with ``batch_tokens``, the most images a step may hold (``length`` must
+            return ``(tokens, images)``).
 
     Example:
         >>> dm = StreamingDataModule(
@@ -131,6 +142,9 @@ class StreamingDataModule(pl.LightningDataModule):
         even: Literal["drop", "pad"] = "drop",
         batch_format: Literal["python", "numpy"] = "python",
         lanes: int | None = None,
+        batch_tokens: int | None = None,
+        length: str | Callable[[dict], Any] | None = None,
+        max_images: int | None = None,
     ) -> None:
         super().__init__()
         check_arguments(
@@ -150,6 +164,9 @@ class StreamingDataModule(pl.LightningDataModule):
             even=even,
             batch_format=batch_format,
             lanes=lanes,
+            batch_tokens=batch_tokens,
+            length=length,
+            max_images=max_images,
             collate_fn=collate_fn,
             eval_collate_fn=eval_collate_fn,
             prepare=prepare,
@@ -181,6 +198,16 @@ class StreamingDataModule(pl.LightningDataModule):
         self.even = even
         self.batch_format = batch_format
         self.lanes = lanes
+        if (length is None) != (batch_tokens is None):
+            raise ValueError(
+                f"StreamingDataModule(batch_tokens={batch_tokens!r}, length={length!r}): token-budget steps need both, "
+                "the budget and where each row's tokens come from (a column or a function of a raw row)"
+            )
+        if max_images is not None and batch_tokens is None:
+            raise ValueError(
+                f"StreamingDataModule(max_images={max_images}): the image budget needs batch_tokens and length"
+            )
+        self.batch_tokens, self.length, self.max_images = batch_tokens, length, max_images
         self.train_loader: StreamingDataLoader | None = None
         self._loaders: weakref.WeakSet[StreamingDataLoader] = weakref.WeakSet()
         # Lightning asks a datamodule for a stage's loader when the method is overridden; a stage
@@ -280,6 +307,9 @@ class StreamingDataModule(pl.LightningDataModule):
             evaluation=not train,
             batch_format=self.batch_format,
             in_order=in_order,
+            batch_tokens=self.batch_tokens if train else None,
+            length=self.length if train else None,
+            max_images=self.max_images if train else None,
         )
         options.pipeline.preflight()
         preflight(options.collate_fn)
@@ -294,11 +324,12 @@ class StreamingDataModule(pl.LightningDataModule):
             lanes=self.lanes if train else None,
             strict_resume=self.strict_resume,
         )
-        self._report_layout(dataset, source, loader.lanes)
+        self._report_layout(dataset, source, loader)
         self._loaders.add(loader)
         return loader
 
-    def _report_layout(self, dataset: StreamingDataset, source: Source, lanes: int) -> None:
+    def _report_layout(self, dataset: StreamingDataset, source: Source, loader: StreamingDataLoader) -> None:
+        lanes = loader.lanes
         store, readers = dataset.store, dataset.world_size * max(1, self.num_workers)
         if not store.random_access and readers > 1 and lanes == 1 and not dataset.options.evaluation:
             rank_zero_warn(
@@ -307,7 +338,7 @@ class StreamingDataModule(pl.LightningDataModule):
                 f"its own rows: reads grow {readers}x. Use at least {readers} files (or hub shards), or parquet / save_to_disk "
                 f"data (e.g. Dataset.to_parquet), to read each byte once per epoch."
             )
-        layout = dataset.layout()
+        layout = dataset.layout(0, epoch=loader.current_epoch(), lanes=lanes)
         if layout is None:
             rank_zero_info(
                 f"lightning_stream: the length of {source.path!r} is unknown (a stream); the progress bar has no total"
@@ -317,6 +348,13 @@ class StreamingDataModule(pl.LightningDataModule):
             raise ValueError(
                 f"{source.path!r} has {layout.num_rows} rows: too few for one batch of {dataset.options.batch_size} "
                 f"on each of {dataset.world_size} ranks"
+            )
+        if dataset.options.batch_tokens is not None:
+            plan = layout.plan
+            rank_zero_info(
+                f"lightning_stream: {len(plan.tokens)} token-budget steps of at most {dataset.options.batch_tokens} tokens "
+                f"in each epoch of {source.path!r}: {plan.num_rows / max(1, len(plan.tokens)):.1f} rows and "
+                f"{plan.tokens.mean() / dataset.options.batch_tokens:.1%} of the budget per step on average"
             )
         if self.num_workers > layout.num_steps:
             rank_zero_warn(

@@ -13,13 +13,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .budget import Budget, BudgetLayout, Plan, RowTooLongError, plan_epoch
 from .collate import collate_rows
 from .decode import Rows, decode
 from .empty import EmptyBatch
+from .lengths import Length, RowLengths, measure
+from .order import EpochOrder
 from .plans import PlannedStep, Reader, plan
-from .progress import PassChannel
+from .progress import PassChannel, PassStart
 from .rng import batch_rng
 from .spec import Source
 from .split import EvalLayout, Layout
@@ -47,6 +51,9 @@ class _Options:
     evaluation: bool = False
     batch_format: Literal["python", "numpy"] = "python"
     in_order: bool = False  # evaluation batches in row order within a rank (predict), not per-worker runs
+    batch_tokens: int | None = None  # token-budget steps (``budget.py``): tokens per step and rank
+    length: Length | None = None  # each raw row's tokens (``lengths.py``), for ``batch_tokens``
+    max_images: int | None = None  # images per step, with ``batch_tokens``
 
 
 class StreamingDataset(IterableDataset):
@@ -62,6 +69,9 @@ class StreamingDataset(IterableDataset):
         self.channel = PassChannel()
         self._store: Any = None
         self._store_pid: int | None = None
+        self._lengths: RowLengths | None = None  # measured once, in the main process; travels to workers
+        self._plans: dict[tuple[int, int], tuple[Plan, int]] = {}
+        self._per_lane: dict[int, int] = {}
 
     @property
     def store(self) -> Any:
@@ -77,19 +87,23 @@ class StreamingDataset(IterableDataset):
         # own there (so files are not listed, footers not read, features not inferred again);
         # any other store is opened anew by the worker.
         keep = self._store is not None and self._store.portable
-        return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None}
+        return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None, "_plans": {}}
 
     @property
     def num_rows(self) -> int | None:
         return self.store.num_rows
 
-    def layout(self, start: int = 0) -> Layout | EvalLayout | None:
+    def layout(self, start: int = 0, *, epoch: int = 0, lanes: int = 1) -> Layout | EvalLayout | BudgetLayout | None:
+        """How the epoch's positions from ``start`` form each rank's steps (``None``: a stream)."""
         n = self.num_rows
         if n is None:
             return None
         o = self.options
         if o.evaluation:
             return EvalLayout(n, o.batch_size, self.world_size)
+        if o.batch_tokens is not None:
+            plan, left_out = self.plan_of(epoch, lanes)
+            return BudgetLayout(plan, start, self.world_size, left_out)
         return Layout(n, start, o.batch_size, self.world_size, o.drop_last, o.pad)
 
     def __len__(self) -> int:
@@ -97,6 +111,57 @@ class StreamingDataset(IterableDataset):
         if layout is None:
             raise TypeError(f"the length of {self.store.where} is unknown until it has been read (a stream)")
         return layout.num_steps
+
+    # -- token-budget steps ---------------------------------------------------------------------
+    @property
+    def lengths(self) -> RowLengths:
+        """Every row's tokens (and images) before the transform, measured once (``lengths.py``)."""
+        if self._lengths is None:
+            o, store = self.options, self.store
+            if not store.random_access or not isinstance(
+                store.epoch_order(seed=0, epoch=0, shuffle=False, window=1), EpochOrder
+            ):
+                raise ValueError(
+                    f"batch_tokens needs the rows of {store.where} by index (parquet, arrow, a datasets.Dataset), "
+                    "to plan each epoch's steps from their lengths before it starts; a stream or a Mix is read in "
+                    "fixed batches (batch_size)"
+                )
+            cache = {"cache_rows": o.cache_rows, "cache_windows": o.cache_windows}
+            lengths = measure(store, o.length, source=self.source, open_store=lambda s: open_store(s, **cache))
+            _check_fits(lengths, o, store)
+            self._lengths = lengths
+        return self._lengths
+
+    def plan_of(self, epoch: int, lanes: int) -> tuple[Plan, int]:
+        """Epoch ``epoch``'s token-budget steps over ``lanes`` lanes, and the rows it leaves out."""
+        key = (epoch, lanes)
+        if key not in self._plans:
+            per_lane = self._per_lane.get(lanes)
+            if per_lane is None and epoch != 0:
+                per_lane = self._per_lane.setdefault(lanes, self.plan_of(0, lanes)[0].num_steps // lanes)
+            o, store = self.options, self.store
+            order = store.epoch_order(
+                seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size
+            )
+            lane_rows = [order.lane_rows(k, np.arange(int(size))) for k, size in enumerate(order.lane_sizes)]
+            lengths = self.lengths
+            budget = Budget(o.batch_tokens, o.batch_size, o.max_images)
+            planned = plan_epoch(
+                lane_rows,
+                lengths.tokens,
+                lengths.images,
+                budget,
+                window=o.window,
+                shuffle=o.shuffle,
+                seed=o.seed,
+                epoch=epoch,
+                per_lane=per_lane,
+            )
+            if per_lane is None:
+                self._per_lane[lanes] = planned[0].num_steps // lanes
+            self._plans = {k: v for k, v in self._plans.items() if k[0] >= epoch - 1}  # this pass's and the last
+            self._plans[key] = planned
+        return self._plans[key]
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -107,11 +172,14 @@ class StreamingDataset(IterableDataset):
         if not store.random_access:
             store.set_epoch(at.epoch)  # a user's IterableDataset read directly: its own shuffle follows the epoch
         reader = Reader(self.rank, self.world_size, worker, num_workers)
-        for planned in plan(store, self.options, self.layout, at, reader):
+        for planned in plan(store, self.options, self._layout_of, at, reader):
             if planned.rows is None:  # a lane that ran out: a step without a batch
                 yield outgoing(BatchHeader(step=planned.step, rows_read=0, rows_out=0), None)
             else:
                 yield self._make(planned)
+
+    def _layout_of(self, at: PassStart) -> Any:
+        return self.layout(at.start, epoch=at.epoch, lanes=at.lanes)
 
     def _make(self, planned: PlannedStep) -> Any:
         # Seeded by where the batch is, not by the worker's history: random transforms (and random
@@ -134,3 +202,21 @@ class StreamingDataset(IterableDataset):
         else:
             batch = decode(rows, self.store.features, self.options.batch_format)
         return self.options.pipeline(batch) if self.options.pipeline else batch
+
+
+def _check_fits(lengths: RowLengths, options: _Options, store: Any) -> None:
+    """Every row fits one step: its tokens within ``batch_tokens``, its images within ``max_images``."""
+    for what, values, cap, name in (
+        ("tokens", lengths.tokens, options.batch_tokens, "batch_tokens"),
+        ("images", lengths.images, options.max_images, "max_images"),
+    ):
+        if values is None or cap is None:
+            continue
+        over = np.flatnonzero(values > cap)
+        if len(over):
+            first = int(over[0])
+            raise RowTooLongError(
+                f"{store.describe(first)} has {int(values[first])} {what}, more than {name}={cap} allows in one step "
+                f"({len(over)} rows are over it, the longest {int(values[over].max())}); raise {name}, or cut such rows "
+                "before training (truncate them, or drop them with a Source of the rest)"
+            )

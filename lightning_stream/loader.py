@@ -22,6 +22,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from .budget import BudgetLayout
 from .dataset import StreamingDataset
 from .epoch_end import EpochEnd
 from .progress import EpochProgress, PassStart
@@ -158,7 +159,12 @@ class StreamingDataLoader(StatefulDataLoader):
         return self._epoch
 
     def __len__(self) -> int:
-        return self._len_hint if self._len_hint is not None else len(self.dataset)
+        if self._len_hint is not None:
+            return self._len_hint
+        layout = self.dataset.layout(0, epoch=self._epoch, lanes=self.lanes)
+        if layout is None:
+            raise TypeError(f"the length of {self.dataset.store.where} is unknown until it has been read (a stream)")
+        return layout.num_steps
 
     # -- iteration --------------------------------------------------------------------------------
     def __iter__(self) -> _LazyEpoch:  # type: ignore[override]
@@ -226,14 +232,15 @@ class StreamingDataLoader(StatefulDataLoader):
     @property
     def epoch_dropped_rows(self) -> int:
         """Rows of the current epoch that no rank sees (to keep step counts even)."""
-        start = self._progress.start if self._progress else 0
-        layout = self.dataset.layout(start)
+        p = self._progress
+        layout = self.dataset.layout(p.start if p else 0, epoch=p.epoch if p else self._epoch, lanes=self.lanes)
         return layout.dropped_rows if layout is not None else self.epoch_end.dropped_rows
 
     # -- state ------------------------------------------------------------------------------------
-    def _layout(self, start: int) -> Layout:
-        layout = self.dataset.layout(start)  # the layout the workers use, ``pad`` included
-        if isinstance(layout, Layout):
+    def _layout(self, start: int, epoch: int) -> Layout | BudgetLayout:
+        # The layout the workers use (``pad`` included).
+        layout = self.dataset.layout(start, epoch=epoch, lanes=self.lanes)
+        if isinstance(layout, (Layout, BudgetLayout)):
             return layout
         # A stream (its end is not known here: positions count full steps) or an eval loader.
         o = self.dataset.options
@@ -247,7 +254,9 @@ class StreamingDataLoader(StatefulDataLoader):
         ds, o = self.dataset, self.dataset.options
         if self._progress is not None:
             p = self._progress
-            where = dict(epoch=p.epoch, steps=p.total_steps, position=self._layout(p.start).position_after(p.steps))
+            where = dict(
+                epoch=p.epoch, steps=p.total_steps, position=self._layout(p.start, p.epoch).position_after(p.steps)
+            )
         elif self._resume is not None:
             where = dict(epoch=self._resume.epoch, steps=self._resume.steps, position=self._resume.position)
         else:
@@ -264,6 +273,8 @@ class StreamingDataLoader(StatefulDataLoader):
             lanes=self.lanes,
             batch_size=o.batch_size,
             world_size=ds.world_size,
+            batch_tokens=o.batch_tokens,
+            max_images=o.max_images,
             anchors=tuple(tuple(a) for a in anchors) if anchors is not None else None,
         )
 
@@ -306,11 +317,12 @@ class StreamingDataLoader(StatefulDataLoader):
             self._resume, self._epoch = None, saved.epoch + 1
             return
         self._resume, self._epoch = saved, saved.epoch
-        layout = self.dataset.layout(saved.position)
+        layout = self.dataset.layout(saved.position, epoch=saved.epoch, lanes=self.lanes)
         if layout is not None:
             # Resumed on another world size, the resumed epoch can hold more steps than a fresh one;
             # Lightning sizes its loop from len() once, so len() must not undercount that epoch.
-            self._len_hint = max(len(self.dataset), saved.steps + layout.num_steps)
+            self._len_hint = None
+            self._len_hint = max(len(self), saved.steps + layout.num_steps)
 
 
 class _LazyEpoch:

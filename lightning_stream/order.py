@@ -41,6 +41,7 @@ __all__ = [
 # Keep the window and mixture streams of an epoch apart from its block-order stream.
 _WINDOW_DOMAIN = 0x5EED
 _MIX_DOMAIN = 0x313F
+_STEP_DOMAIN = 0x57E9
 
 
 def block_permutation(num_blocks: int, *, seed: int, epoch: int, shuffle: bool) -> np.ndarray:
@@ -55,6 +56,12 @@ def window_permutation(size: int, *, seed: int, epoch: int, window_index: int, l
     """Permutation of the ``size`` rows of window ``window_index`` of ``lane`` in ``epoch``."""
     # Lane 0 keeps the single-lane key, so one-lane orders (and their checkpoints) are unchanged.
     key = [seed, epoch, _WINDOW_DOMAIN, window_index] + ([lane] if lane else [])
+    return np.random.default_rng(np.random.SeedSequence(key)).permutation(size).astype(np.int64)
+
+
+def step_permutation(size: int, *, seed: int, epoch: int, window_index: int, lane: int = 0) -> np.ndarray:
+    """Permutation of the ``size`` token-budget steps planned from window ``window_index`` of ``lane``."""
+    key = [seed, epoch, _STEP_DOMAIN, window_index, lane]
     return np.random.default_rng(np.random.SeedSequence(key)).permutation(size).astype(np.int64)
 
 

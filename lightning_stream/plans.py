@@ -9,6 +9,8 @@ fetches their rows from the store. Three plans, one per kind of source:
 - :func:`stream_plan`: a stream read front to back by every reader; every reader sees the whole
   stream, so all ranks learn its end at the same step.
 - :func:`lane_plan`: a stream whose shards are dealt to lanes; a worker reads only its lanes.
+- :func:`budget_plan`: random access with token-budget steps: the planner (``budget.py``) has
+  decided which rows form each step; a worker fetches its steps' rows.
 
 Each yields :class:`PlannedStep` values; the dataset decodes, transforms and collates them.
 """
@@ -23,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from .budget import BudgetLayout
 from .decode import Rows
 from .order import shard_lanes
 from .progress import PassStart
 from .split import Layout
 from .stores.stream import StreamWindows
 
-__all__ = ["PlannedStep", "Reader", "lane_plan", "plan", "random_access_plan", "stream_plan", "take"]
+__all__ = ["PlannedStep", "Reader", "budget_plan", "lane_plan", "plan", "random_access_plan", "stream_plan", "take"]
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,14 @@ class PlannedStep:
 
 
 def plan(
-    store: Any, options: Any, layout_of: Callable[[int], Any], at: PassStart, reader: Reader
+    store: Any, options: Any, layout_of: Callable[[PassStart], Any], at: PassStart, reader: Reader
 ) -> Iterator[PlannedStep]:
     """The steps of ``reader``'s pass that starts at ``at``."""
     if store.random_access:
-        return random_access_plan(store, options, layout_of(at.start), at, reader)
+        layout = layout_of(at)
+        if isinstance(layout, BudgetLayout):
+            return budget_plan(store, options, layout, at, reader)
+        return random_access_plan(store, options, layout, at, reader)
     if at.lanes > 1:
         return lane_plan(store, options, at, reader)
     return stream_plan(store, options, at, reader)
@@ -86,13 +92,24 @@ def random_access_plan(store: Any, options: Any, layout: Any, at: PassStart, rea
         return order.rows(positions % store.num_rows if b > store.num_rows else positions)  # pad=True wraps
 
     steps = range(reader.worker, layout.num_steps, reader.num_workers)
-    for step, rows in _read_ahead(store, o, steps, rows_of):
+    for step, rows in _read_ahead(store, o, steps, rows_of, o.batch_size):
         first = layout.batch_range(step, reader.rank, splits)[0]
         yield PlannedStep(step, take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), (at.epoch, first))
 
 
+def budget_plan(store: Any, options: Any, layout: BudgetLayout, at: PassStart, reader: Reader) -> Iterator[PlannedStep]:
+    def rows_of(step: int) -> np.ndarray:
+        return layout.rows(*layout.batch_range(step, reader.rank))
+
+    steps = range(reader.worker, layout.num_steps, reader.num_workers)
+    per_step = max(1, layout.plan.num_rows // max(1, layout.plan.num_steps))
+    for step, rows in _read_ahead(store, options, steps, rows_of, per_step):
+        g = layout.global_step(step, reader.rank)
+        yield PlannedStep(step, take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), (at.epoch, g))
+
+
 def _read_ahead(
-    store: Any, options: Any, steps: range, rows_of: Callable[[int], np.ndarray]
+    store: Any, options: Any, steps: range, rows_of: Callable[[int], np.ndarray], rows_per_step: int
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(step, rows)`` for each of ``steps``; a store that reads ahead is told the next batches' rows."""
     if not store.reads_ahead:
@@ -100,7 +117,7 @@ def _read_ahead(
         return
     # A window's worth of this reader's batches (its row groups are needed together), and as many
     # again as the store keeps requests in flight: the next window is fetched while this one is used.
-    depth = max(1, -(-(options.window + store.read_ahead_rows) // options.batch_size))
+    depth = max(1, -(-(options.window + store.read_ahead_rows) // rows_per_step))
     planned: deque[tuple[int, np.ndarray]] = deque()
     upcoming = iter(steps)
     for step in itertools.islice(upcoming, depth):

@@ -18,7 +18,9 @@ Version history:
        when training starts and kept by every resume, so the order stays the same on another
        topology. A version-1 state resumes with one lane: the order it was written with. For a
        stream dealt to lanes, ``anchors`` (``[shard, row]`` per lane) says where each lane resumes
-       reading: the shard its current window begins in.
+       reading: the shard its current window begins in. Token-budget steps (``budget.py``) add
+       ``batch_tokens`` and ``max_images`` (absent otherwise, so older states read unchanged);
+       their ``position`` counts rows in the plan's order.
 
 ``batch_size`` and ``world_size`` are written for diagnosis; ``batch_size`` must also match when
 there are several lanes, since the lanes interleave batch by batch.
@@ -63,13 +65,16 @@ class LoaderState:
     batch_size: int | None = None
     world_size: int | None = None
     anchors: tuple[tuple[int, int], ...] | None = None
+    batch_tokens: int | None = None  # token-budget steps: positions count rows in plan order
+    max_images: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint (``anchors`` only for a stream dealt to lanes)."""
         out = dataclasses.asdict(self)
-        if self.anchors is None:
-            del out["anchors"]
-        else:
+        for key in ("anchors", "batch_tokens", "max_images"):
+            if out[key] is None:
+                del out[key]  # absent, as in a state written before these keys existed
+        if self.anchors is not None:
             out["anchors"] = [list(a) for a in self.anchors]
         return out
 
@@ -122,6 +127,7 @@ def _anchors(v: Any) -> bool:
 
 _REQUIRED = ("version", "epoch", "position", "steps")
 _OPTIONAL = {"num_rows", "fingerprint", "seed", "shuffle", "window", "batch_size", "world_size", "anchors"}
+_OPTIONAL |= {"batch_tokens", "max_images"}
 # Each key's check and what it expects, for the message.
 _CHECKS = {
     "version": (_int(1), f"an int from 1 to {STATE_VERSION}"),
@@ -137,6 +143,8 @@ _CHECKS = {
     "batch_size": (_int(1), "an int >= 1"),
     "world_size": (_int(1), "an int >= 1"),
     "anchors": (_anchors, "a list of [shard, row] pairs"),
+    "batch_tokens": (_int(1), "an int >= 1"),
+    "max_images": (_int(0), "an int >= 0"),
 }
 # Keys whose difference means the saved position points into another sequence of rows.
 _MUST_MATCH = {
@@ -146,7 +154,13 @@ _MUST_MATCH = {
     "shuffle": "the shuffle setting",
     "window": "the shuffle window (buffer_size)",
 }
-# Keys that must match only when the saved order has several lanes.
+# Keys that must match even when one side is None: a position in token-budget steps counts rows in
+# the plan's order, one in fixed batches in the epoch order.
+_MUST_MATCH_EXACTLY = {
+    "batch_tokens": "the token budget (batch_tokens)",
+    "max_images": "the image budget (max_images)",
+}
+# Keys that must match only when the saved order has several lanes (or token-budget steps).
 _MUST_MATCH_WITH_LANES = {"batch_size": "the batch size (the lanes interleave batch by batch)"}
 
 
@@ -154,11 +168,16 @@ def check_state(saved: LoaderState, current: LoaderState, *, strict: bool = True
     """The state to resume from: ``saved`` itself, or with ``strict=False`` a copy whose position is
     clipped to the data now; raises :class:`StateMismatchError` when ``saved`` cannot resume the
     loader described by ``current`` (with ``strict=False``, it warns instead)."""
-    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.lanes > 1 else {})}
+    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.lanes > 1 or saved.batch_tokens else {})}
     diffs = [
         f"{what}: checkpoint has {getattr(saved, key)!r}, now {getattr(current, key)!r}"
         for key, what in keys.items()
         if getattr(saved, key) is not None and getattr(saved, key) != getattr(current, key)
+    ]
+    diffs += [
+        f"{what}: checkpoint has {getattr(saved, key)!r}, now {getattr(current, key)!r}"
+        for key, what in _MUST_MATCH_EXACTLY.items()
+        if getattr(saved, key) != getattr(current, key)
     ]
     if not diffs:
         return saved

@@ -69,6 +69,11 @@ def empties_rank1_batches(row):
     return not ((row["id"] // 10) % 2 == 1 and (row["id"] // 20) % 3 == 0)
 
 
+def row_tokens(row):
+    """A varied, deterministic length for token-budget steps: 8 to 127 tokens."""
+    return 8 + (row["id"] * 37) % 120
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--train", nargs="+", required=True)
@@ -85,6 +90,7 @@ def main():
     p.add_argument("--resume", default=None)
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--filter-empty", action="store_true")
+    p.add_argument("--batch-tokens", type=int, default=None)
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train = (
@@ -101,6 +107,8 @@ def main():
         buffer_size=64,
         seed=11,
         filter=Filter(empties_rank1_batches, batched=False) if a.filter_empty else None,
+        batch_tokens=a.batch_tokens,
+        length=row_tokens if a.batch_tokens else None,
     )
     callbacks = [Recorder(a.out)]
     if a.ckpt_every:

@@ -96,6 +96,38 @@ def test_ddp_resume_is_exact_rank_by_rank(tmp_path, data_dir):
         assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == batches(tmp_path / "a", rank)
 
 
+def test_token_budget_steps_even_on_every_rank_and_exact_on_resume(tmp_path, data_dir):
+    """batch_tokens under DDP: equal steps, each under budget, no row twice, <= 1% left out; the
+    resumed run replays the uninterrupted one rank by rank."""
+    common = ["--train", os.path.join(data_dir, "disk"), "--workers", 2, "--max-epochs", 2, "--batch-tokens", 512]
+    run(tmp_path / "a", *common)
+    r0, r1 = batches(tmp_path / "a", 0), batches(tmp_path / "a", 1)
+    with open(tmp_path / "a" / "meta-rank0.json") as f:
+        steps = json.load(f)["num_training_batches"]
+    assert len(r0) == len(r1) == 2 * steps
+    for epoch in (0, 1):
+        ids = epoch_ids(r0, epoch) + epoch_ids(r1, epoch)
+        assert len(ids) == len(set(ids)) and 1000 - len(ids) <= 10
+    assert all(sum(8 + (i * 37) % 120 for i in ids) <= 512 for _, _, ids in r0 + r1)
+    assert len(ids) / (2 * steps) > 5  # rows per step: packed, not one row a step
+    run(tmp_path / "b", *common, "--max-steps", 20, "--ckpt-every", 20)
+    run(tmp_path / "c", *common, "--resume", tmp_path / "b" / "ckpt" / "step=20.ckpt")
+    for rank in (0, 1):
+        assert batches(tmp_path / "b", rank) + batches(tmp_path / "c", rank) == batches(tmp_path / "a", rank)
+
+
+def test_token_budget_steps_resume_on_another_world_size(tmp_path, data_dir):
+    """The plan depends on the checkpoint's lanes, not on the world size: 2 ranks -> 1 rank."""
+    common = ["--train", os.path.join(data_dir, "disk"), "--max-epochs", 1, "--batch-tokens", 512]
+    run(tmp_path / "b", *common, "--devices", 2, "--max-steps", 15, "--ckpt-every", 15)
+    run(tmp_path / "c", *common, "--devices", 1, "--workers", 2, "--resume", tmp_path / "b" / "ckpt" / "step=15.ckpt")
+    seen = Counter()
+    for out, world in ((tmp_path / "b", 2), (tmp_path / "c", 1)):
+        for rank in range(world):
+            seen.update(epoch_ids(batches(out, rank), 0))
+    assert max(seen.values()) == 1 and len(seen) >= 990
+
+
 @pytest.mark.parametrize("before,after", [(2, 1), (1, 2)])
 def test_elastic_resume_changes_world_size_and_workers(tmp_path, data_dir, before, after):
     data = os.path.join(data_dir, "disk")

@@ -64,7 +64,7 @@ def test_random_access_plans_of_all_workers_hold_every_row_once(parquet_store, n
     options = SimpleNamespace(batch_size=8, shuffle=True, seed=3, window=20, drop_last=False, in_order=False)
     seen, steps = [], []
     for worker in range(num_workers):
-        layout_of = lambda start: Layout(parquet_store.num_rows, start, 8, 1, False)  # noqa: E731
+        layout_of = lambda at: Layout(parquet_store.num_rows, at.start, 8, 1, False)  # noqa: E731
         for planned in plan(parquet_store, options, layout_of, PassStart(epoch=1), Reader(0, 1, worker, num_workers)):
             seen.extend(planned.rows.table.column("id").to_pylist())
             steps.append(planned.step)
@@ -73,7 +73,7 @@ def test_random_access_plans_of_all_workers_hold_every_row_once(parquet_store, n
 
 def test_a_resumed_plan_starts_at_its_position(parquet_store) -> None:
     options = SimpleNamespace(batch_size=8, shuffle=False, seed=0, window=20, drop_last=False, in_order=False)
-    layout_of = lambda start: Layout(parquet_store.num_rows, start, 8, 1, False)  # noqa: E731
+    layout_of = lambda at: Layout(parquet_store.num_rows, at.start, 8, 1, False)  # noqa: E731
     planned = list(plan(parquet_store, options, layout_of, PassStart(epoch=0, start=96), Reader()))
     assert [p.rows.table.column("id").to_pylist() for p in planned] == [list(range(96, 103))]
 

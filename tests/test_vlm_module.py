@@ -192,3 +192,12 @@ def test_fit_on_gpu_bf16(model_dir: str) -> None:
     trainer.fit(module, loader(model_dir, 12), loader(model_dir, 4, "val"))
     assert math.isfinite(trainer.callback_metrics["val/loss"].item())
     assert module.generate_answer(make_row(0, "val", 0, IMAGE_SIZE)["image"], "Where?") is not None
+
+
+def test_an_emptied_step_trains_nothing_on_one_device(model_dir: str, tmp_path) -> None:
+    """A step a filter emptied (EmptyBatch) returns None on one device: Lightning skips it."""
+    from lightning_stream import EmptyBatch
+
+    module = VisionLanguageModel(model_dir)
+    module.configure_model()
+    assert module.training_step(EmptyBatch(3), 0) is None

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torchmetrics import MeanMetric
 
 from lightning_stream._compat import attached_trainer, fsdp_unwrapped, merge_images_in_embedding_dtype
+from lightning_stream.empty import EmptyBatch, empty_step_loss
 from lightning_stream.packing_collate import packed_rows
 from lightning_stream.schedules import warmup_cosine
 from lightning_stream.vlm.errors import ModelLoadError
@@ -196,7 +197,9 @@ class VisionLanguageModel(pl.LightningModule):
         mask = targets != IGNORE_INDEX
         return logits[mask].float(), targets[mask]
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | None:
+        if isinstance(batch, EmptyBatch):  # a filter removed every row of this step
+            return empty_step_loss(self)
         logits, targets = self._answer_logits(batch)
         if targets.numel() == 0:
             self._no_supervised_tokens(batch)
