@@ -50,6 +50,8 @@ _ACCEPTS: dict[str, tuple[tuple[type, ...], Callable[[Any], bool], str]] = {
     "lanes": (_INT + _NONE, lambda v: v is None or v >= 1, "None (world_size x num_workers) or an int >= 1"),
     "batch_tokens": (_INT + _NONE, lambda v: v is None or v >= 1, "None (fixed batches) or an int >= 1"),
     "length": ((str,) + _NONE, _ANY, "None, a column name or a function of a raw row"),
+    "block_size": (_INT + _NONE, lambda v: v is None or v >= 1, "None (rows) or an int >= 1"),
+    "tokens_column": ((str,), _ANY, "a column name"),
     "max_images": (_INT + _NONE, lambda v: v is None or v >= 0, "None (no limit) or an int >= 0"),
 }
 

@@ -105,6 +105,12 @@ class StreamingDataModule(pl.LightningDataModule):
             or ``(tokens, images)``. Measured once when the train loader is built.
         max_images: with ``batch_tokens``, the most images a step may hold (``length`` must
             return ``(tokens, images)``).
+        block_size: fixed token blocks for pretraining: the rows' ``tokens_column`` (as the
+            transform makes it) is concatenated over the epoch and cut into blocks of
+            ``block_size`` tokens; a step holds ``batch_size`` blocks (a ``[batch_size,
+            block_size]`` tensor). ``length`` must count exactly the tokens the transform makes
+            for a row; no filter. Pass ``block_size + 1`` for inputs and shifted targets.
+        tokens_column: the transform's column that ``block_size`` cuts (``"input_ids"``).
 
     Example:
         >>> dm = StreamingDataModule(
@@ -145,6 +151,8 @@ class StreamingDataModule(pl.LightningDataModule):
         batch_tokens: int | None = None,
         length: str | Callable[[dict], Any] | None = None,
         max_images: int | None = None,
+        block_size: int | None = None,
+        tokens_column: str = "input_ids",
     ) -> None:
         super().__init__()
         check_arguments(
@@ -167,6 +175,8 @@ class StreamingDataModule(pl.LightningDataModule):
             batch_tokens=batch_tokens,
             length=length,
             max_images=max_images,
+            block_size=block_size,
+            tokens_column=tokens_column,
             collate_fn=collate_fn,
             eval_collate_fn=eval_collate_fn,
             prepare=prepare,
@@ -198,16 +208,28 @@ class StreamingDataModule(pl.LightningDataModule):
         self.even = even
         self.batch_format = batch_format
         self.lanes = lanes
-        if (length is None) != (batch_tokens is None):
+        if batch_tokens is not None and block_size is not None:
             raise ValueError(
-                f"StreamingDataModule(batch_tokens={batch_tokens!r}, length={length!r}): token-budget steps need both, "
-                "the budget and where each row's tokens come from (a column or a function of a raw row)"
+                "StreamingDataModule(batch_tokens=..., block_size=...): choose one: steps of whole rows within a token "
+                "budget (batch_tokens), or fixed blocks cut from the concatenated rows (block_size)"
+            )
+        if (length is not None) != (batch_tokens is not None or block_size is not None):
+            raise ValueError(
+                f"StreamingDataModule(batch_tokens={batch_tokens!r}, block_size={block_size!r}, length={length!r}): "
+                "token-budget steps and token blocks need length, where each row's tokens come from (a column or a "
+                "function of a raw row), and length needs one of them"
+            )
+        if block_size is not None and self.pipeline.filters:
+            raise ValueError(
+                f"StreamingDataModule(block_size={block_size}, filter=...): the blocks are planned from every row's "
+                "length, so no row may be removed; select the rows beforehand (a Source of the rows to keep)"
             )
         if max_images is not None and batch_tokens is None:
             raise ValueError(
                 f"StreamingDataModule(max_images={max_images}): the image budget needs batch_tokens and length"
             )
         self.batch_tokens, self.length, self.max_images = batch_tokens, length, max_images
+        self.block_size, self.tokens_column = block_size, tokens_column
         self.train_loader: StreamingDataLoader | None = None
         self._loaders: weakref.WeakSet[StreamingDataLoader] = weakref.WeakSet()
         # Lightning asks a datamodule for a stage's loader when the method is overridden; a stage
@@ -310,6 +332,8 @@ class StreamingDataModule(pl.LightningDataModule):
             batch_tokens=self.batch_tokens if train else None,
             length=self.length if train else None,
             max_images=self.max_images if train else None,
+            block_size=self.block_size if train else None,
+            tokens_column=self.tokens_column,
         )
         options.pipeline.preflight()
         preflight(options.collate_fn)

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from .blocks import BlockLayout, Blocks
 from .budget import Budget, BudgetLayout, Plan, RowTooLongError, plan_epoch
 from .collate import collate_rows
 from .decode import Rows, decode
@@ -54,6 +56,8 @@ class _Options:
     batch_tokens: int | None = None  # token-budget steps (``budget.py``): tokens per step and rank
     length: Length | None = None  # each raw row's tokens (``lengths.py``), for ``batch_tokens``
     max_images: int | None = None  # images per step, with ``batch_tokens``
+    block_size: int | None = None  # fixed token blocks (``blocks.py``): tokens per block
+    tokens_column: str = "input_ids"  # the transform's column the blocks are cut from
 
 
 class StreamingDataset(IterableDataset):
@@ -70,7 +74,7 @@ class StreamingDataset(IterableDataset):
         self._store: Any = None
         self._store_pid: int | None = None
         self._lengths: RowLengths | None = None  # measured once, in the main process; travels to workers
-        self._plans: dict[tuple[int, int], tuple[Plan, int]] = {}
+        self._plans: dict[tuple[int, int], Any] = {}  # (epoch, lanes): the epoch's Plan or Blocks
         self._per_lane: dict[int, int] = {}
 
     @property
@@ -104,6 +108,8 @@ class StreamingDataset(IterableDataset):
         if o.batch_tokens is not None:
             plan, left_out = self.plan_of(epoch, lanes)
             return BudgetLayout(plan, start, self.world_size, left_out)
+        if o.block_size is not None:
+            return BlockLayout(self.blocks_of(epoch, lanes), start, self.world_size, self.lengths.tokens)
         return Layout(n, start, o.batch_size, self.world_size, o.drop_last, o.pad)
 
     def __len__(self) -> int:
@@ -122,7 +128,7 @@ class StreamingDataset(IterableDataset):
                 store.epoch_order(seed=0, epoch=0, shuffle=False, window=1), EpochOrder
             ):
                 raise ValueError(
-                    f"batch_tokens needs the rows of {store.where} by index (parquet, arrow, a datasets.Dataset), "
+                    f"batch_tokens and block_size need the rows of {store.where} by index (parquet, arrow, a datasets.Dataset), "
                     "to plan each epoch's steps from their lengths before it starts; a stream or a Mix is read in "
                     "fixed batches (batch_size)"
                 )
@@ -131,6 +137,20 @@ class StreamingDataset(IterableDataset):
             _check_fits(lengths, o, store)
             self._lengths = lengths
         return self._lengths
+
+    def blocks_of(self, epoch: int, lanes: int) -> Blocks:
+        """Epoch ``epoch``'s token stream over ``lanes`` lanes (``blocks.py``)."""
+        key = (epoch, lanes)
+        if key not in self._plans:
+            o = self.options
+            order = self.store.epoch_order(
+                seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size
+            )
+            rows = np.concatenate([order.lane_rows(k, np.arange(int(size))) for k, size in enumerate(order.lane_sizes)])
+            blocks = Blocks(rows, np.cumsum(self.lengths.tokens[rows]), o.block_size, o.batch_size, lanes)
+            self._plans = {k: v for k, v in self._plans.items() if k[0] >= epoch - 1}
+            self._plans[key] = blocks
+        return self._plans[key]
 
     def plan_of(self, epoch: int, lanes: int) -> tuple[Plan, int]:
         """Epoch ``epoch``'s token-budget steps over ``lanes`` lanes, and the rows it leaves out."""
@@ -187,6 +207,8 @@ class StreamingDataset(IterableDataset):
         rows = planned.rows
         with batch_rng(self.options.seed, planned.key[0], planned.key[1:]):
             batch, skipped = transform_rows(rows, self._transform, planned.describe, self.options.on_error)
+            if planned.cut is not None:
+                return self._blocks(planned, batch, skipped)
             out = num_rows(batch)
             header = BatchHeader(planned.step, rows.num_rows, out, skipped, planned.anchor)
             if out:
@@ -194,6 +216,26 @@ class StreamingDataset(IterableDataset):
             # A training step whose rows were all removed is still a step (``empty.py``).
             emptied = rows.num_rows and not self.options.evaluation
             return outgoing(header, EmptyBatch(planned.step) if emptied else None)
+
+    def _blocks(self, planned: PlannedStep, batch: dict[str, Any], skipped: list[str]) -> Any:
+        """The step's blocks, cut from its rows' tokens (``blocks.py``)."""
+        offset, count, size, expected = planned.cut
+        column = self.options.tokens_column
+        if skipped:
+            raise RowError(f"block_size cuts every row's tokens into the stream: no row can be skipped ({skipped[0]})")
+        if column not in batch:
+            raise ValueError(f"block_size: the transform's output has no column {column!r} (columns: {sorted(batch)})")
+        seqs = [np.asarray(s, dtype=np.int64).reshape(-1) for s in batch[column]]
+        for i, (seq, n) in enumerate(zip(seqs, expected)):
+            if len(seq) != n:
+                raise ValueError(
+                    f"{planned.describe(i)}: length says {int(n)} tokens but the transform's {column!r} has {len(seq)}; "
+                    "the blocks are planned from length, so it must count exactly the tokens the transform makes"
+                )
+        flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
+        tokens = torch.from_numpy(np.ascontiguousarray(flat[offset : offset + count * size].reshape(count, size)))
+        header = BatchHeader(planned.step, planned.rows.num_rows, planned.rows.num_rows, [], planned.anchor)
+        return outgoing(header, {column: tokens})
 
     def _transform(self, rows: Rows) -> dict[str, Any]:
         chain = self.store.chain

@@ -22,6 +22,7 @@ from typing import Any
 
 from torchdata.stateful_dataloader import StatefulDataLoader
 
+from .blocks import BlockLayout
 from .budget import BudgetLayout
 from .dataset import StreamingDataset
 from .epoch_end import EpochEnd
@@ -237,10 +238,10 @@ class StreamingDataLoader(StatefulDataLoader):
         return layout.dropped_rows if layout is not None else self.epoch_end.dropped_rows
 
     # -- state ------------------------------------------------------------------------------------
-    def _layout(self, start: int, epoch: int) -> Layout | BudgetLayout:
+    def _layout(self, start: int, epoch: int) -> Layout | BudgetLayout | BlockLayout:
         # The layout the workers use (``pad`` included).
         layout = self.dataset.layout(start, epoch=epoch, lanes=self.lanes)
-        if isinstance(layout, (Layout, BudgetLayout)):
+        if isinstance(layout, (Layout, BudgetLayout, BlockLayout)):
             return layout
         # A stream (its end is not known here: positions count full steps) or an eval loader.
         o = self.dataset.options
@@ -275,6 +276,7 @@ class StreamingDataLoader(StatefulDataLoader):
             world_size=ds.world_size,
             batch_tokens=o.batch_tokens,
             max_images=o.max_images,
+            block_size=o.block_size,
             anchors=tuple(tuple(a) for a in anchors) if anchors is not None else None,
         )
 
@@ -311,7 +313,8 @@ class StreamingDataLoader(StatefulDataLoader):
             self.dataset.channel.fit(self.lanes)
         self._progress = None
         self._len_hint = None
-        num_rows = self.dataset.num_rows
+        whole = self.dataset.layout(0, epoch=saved.epoch, lanes=self.lanes)  # positions count what the layout's do
+        num_rows = whole.num_rows if whole is not None else None
         if num_rows is not None and saved.position >= num_rows and saved.steps:
             # Written after the epoch's last step: what follows is the next epoch, from its start.
             self._resume, self._epoch = None, saved.epoch + 1

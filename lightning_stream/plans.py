@@ -11,6 +11,8 @@ fetches their rows from the store. Three plans, one per kind of source:
 - :func:`lane_plan`: a stream whose shards are dealt to lanes; a worker reads only its lanes.
 - :func:`budget_plan`: random access with token-budget steps: the planner (``budget.py``) has
   decided which rows form each step; a worker fetches its steps' rows.
+- :func:`block_plan`: random access cut into fixed token blocks (``blocks.py``): a step's rows
+  are those its token range overlaps, and the step says where its tokens begin in them.
 
 Each yields :class:`PlannedStep` values; the dataset decodes, transforms and collates them.
 """
@@ -25,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .blocks import BlockLayout
 from .budget import BudgetLayout
 from .decode import Rows
 from .order import shard_lanes
@@ -32,7 +35,17 @@ from .progress import PassStart
 from .split import Layout
 from .stores.stream import StreamWindows
 
-__all__ = ["PlannedStep", "Reader", "budget_plan", "lane_plan", "plan", "random_access_plan", "stream_plan", "take"]
+__all__ = [
+    "PlannedStep",
+    "Reader",
+    "block_plan",
+    "budget_plan",
+    "lane_plan",
+    "plan",
+    "random_access_plan",
+    "stream_plan",
+    "take",
+]
 
 
 @dataclass(frozen=True)
@@ -55,6 +68,8 @@ class PlannedStep:
     describe: Callable[[int], str]
     key: tuple[int, ...]
     anchor: tuple[int, int, int] | None = None
+    # Token blocks: (offset into the rows' tokens, blocks, block size, each row's expected tokens).
+    cut: tuple[int, int, int, np.ndarray] | None = None
 
 
 def plan(
@@ -65,6 +80,8 @@ def plan(
         layout = layout_of(at)
         if isinstance(layout, BudgetLayout):
             return budget_plan(store, options, layout, at, reader)
+        if isinstance(layout, BlockLayout):
+            return block_plan(store, options, layout, layout.lengths, at, reader)
         return random_access_plan(store, options, layout, at, reader)
     if at.lanes > 1:
         return lane_plan(store, options, at, reader)
@@ -106,6 +123,27 @@ def budget_plan(store: Any, options: Any, layout: BudgetLayout, at: PassStart, r
     for step, rows in _read_ahead(store, options, steps, rows_of, per_step):
         g = layout.global_step(step, reader.rank)
         yield PlannedStep(step, take(store, rows), lambda i, rows=rows: store.describe(int(rows[i])), (at.epoch, g))
+
+
+def block_plan(
+    store: Any, options: Any, layout: BlockLayout, lengths: np.ndarray, at: PassStart, reader: Reader
+) -> Iterator[PlannedStep]:
+    blocks = layout.blocks
+
+    def span(step: int) -> tuple[int, int, int]:
+        return blocks.rows_of(*blocks.token_range(layout.batch_range(step, reader.rank)[0]))
+
+    def rows_of(step: int) -> np.ndarray:
+        i, j, _ = span(step)
+        return blocks.rows[i:j]
+
+    steps = range(reader.worker, layout.num_steps, reader.num_workers)
+    per_step = max(1, len(blocks.rows) // max(1, blocks.num_batches))
+    for step, rows in _read_ahead(store, options, steps, rows_of, per_step):
+        g = layout.batch_range(step, reader.rank)[0]
+        cut = (span(step)[2], blocks.per_batch, blocks.block_size, lengths[rows])
+        describe = lambda i, rows=rows: store.describe(int(rows[i]))  # noqa: E731
+        yield PlannedStep(step, take(store, rows), describe, (at.epoch, g), cut=cut)
 
 
 def _read_ahead(

@@ -20,7 +20,8 @@ Version history:
        stream dealt to lanes, ``anchors`` (``[shard, row]`` per lane) says where each lane resumes
        reading: the shard its current window begins in. Token-budget steps (``budget.py``) add
        ``batch_tokens`` and ``max_images`` (absent otherwise, so older states read unchanged);
-       their ``position`` counts rows in the plan's order.
+       their ``position`` counts rows in the plan's order. Token blocks (``blocks.py``) add
+       ``block_size``; their ``position`` counts batches of blocks.
 
 ``batch_size`` and ``world_size`` are written for diagnosis; ``batch_size`` must also match when
 there are several lanes, since the lanes interleave batch by batch.
@@ -67,11 +68,12 @@ class LoaderState:
     anchors: tuple[tuple[int, int], ...] | None = None
     batch_tokens: int | None = None  # token-budget steps: positions count rows in plan order
     max_images: int | None = None
+    block_size: int | None = None  # token blocks: positions count batches of blocks
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for the checkpoint (``anchors`` only for a stream dealt to lanes)."""
         out = dataclasses.asdict(self)
-        for key in ("anchors", "batch_tokens", "max_images"):
+        for key in ("anchors", "batch_tokens", "max_images", "block_size"):
             if out[key] is None:
                 del out[key]  # absent, as in a state written before these keys existed
         if self.anchors is not None:
@@ -107,7 +109,7 @@ class LoaderState:
         if values.get("anchors") is not None:
             values["anchors"] = tuple(tuple(a) for a in values["anchors"])
         state = cls(**values)
-        if state.num_rows is not None and state.position > state.num_rows:
+        if state.num_rows is not None and state.position > state.num_rows and state.block_size is None:
             raise StateMismatchError(
                 f"the checkpoint's loader state has position={state.position}, past the end of its {state.num_rows} rows; "
                 "the checkpoint was edited or is corrupt"
@@ -127,7 +129,7 @@ def _anchors(v: Any) -> bool:
 
 _REQUIRED = ("version", "epoch", "position", "steps")
 _OPTIONAL = {"num_rows", "fingerprint", "seed", "shuffle", "window", "batch_size", "world_size", "anchors"}
-_OPTIONAL |= {"batch_tokens", "max_images"}
+_OPTIONAL |= {"batch_tokens", "max_images", "block_size"}
 # Each key's check and what it expects, for the message.
 _CHECKS = {
     "version": (_int(1), f"an int from 1 to {STATE_VERSION}"),
@@ -145,6 +147,7 @@ _CHECKS = {
     "anchors": (_anchors, "a list of [shard, row] pairs"),
     "batch_tokens": (_int(1), "an int >= 1"),
     "max_images": (_int(0), "an int >= 0"),
+    "block_size": (_int(1), "an int >= 1"),
 }
 # Keys whose difference means the saved position points into another sequence of rows.
 _MUST_MATCH = {
@@ -159,8 +162,9 @@ _MUST_MATCH = {
 _MUST_MATCH_EXACTLY = {
     "batch_tokens": "the token budget (batch_tokens)",
     "max_images": "the image budget (max_images)",
+    "block_size": "the token block size (block_size)",
 }
-# Keys that must match only when the saved order has several lanes (or token-budget steps).
+# Keys that must match only when the saved order has several lanes (or token-budget steps or blocks).
 _MUST_MATCH_WITH_LANES = {"batch_size": "the batch size (the lanes interleave batch by batch)"}
 
 
@@ -168,7 +172,8 @@ def check_state(saved: LoaderState, current: LoaderState, *, strict: bool = True
     """The state to resume from: ``saved`` itself, or with ``strict=False`` a copy whose position is
     clipped to the data now; raises :class:`StateMismatchError` when ``saved`` cannot resume the
     loader described by ``current`` (with ``strict=False``, it warns instead)."""
-    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if saved.lanes > 1 or saved.batch_tokens else {})}
+    planned = saved.lanes > 1 or saved.batch_tokens or saved.block_size
+    keys = {**_MUST_MATCH, **(_MUST_MATCH_WITH_LANES if planned else {})}
     diffs = [
         f"{what}: checkpoint has {getattr(saved, key)!r}, now {getattr(current, key)!r}"
         for key, what in keys.items()

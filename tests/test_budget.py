@@ -114,7 +114,7 @@ def test_a_row_over_the_budget_is_named(varied):
 
 def test_bad_length_arguments_are_named(varied):
     source, _, _ = varied
-    with pytest.raises(ValueError, match="token-budget steps need both"):
+    with pytest.raises(ValueError, match="token-budget steps and token blocks need length"):
         StreamingDataModule(train=source, batch_tokens=512)
     with pytest.raises(ValueError, match="has no column 'nope'"):
         _dm(source, length="nope").train_dataloader()
