@@ -39,7 +39,7 @@ import numpy as np
 
 from .order import step_permutation
 
-__all__ = ["Budget", "BudgetLayout", "Plan", "RowTooLongError", "margin", "pack_window", "plan_epoch"]
+__all__ = ["Budget", "BudgetLayout", "Plan", "RowTooLongError", "Rules", "margin", "pack_window", "plan_epoch"]
 
 
 class RowTooLongError(ValueError):
@@ -127,25 +127,27 @@ def _even(steps: list[list[int]], count: int, lengths: np.ndarray) -> tuple[list
     return steps, dropped
 
 
+@dataclass(frozen=True)
+class Rules:
+    """How an epoch is planned: the step's ``budget``, the ``window`` packed at once, the shuffle."""
+
+    budget: Budget
+    window: int
+    shuffle: bool
+    seed: int
+
+
 def plan_lane(
-    rows: np.ndarray,
-    lengths: np.ndarray,
-    images: np.ndarray | None,
-    budget: Budget,
-    *,
-    window: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    lane: int,
+    rows: np.ndarray, lengths: np.ndarray, images: np.ndarray | None, rules: Rules, *, epoch: int, lane: int
 ) -> list[np.ndarray]:
     """The steps of one lane (source rows ``rows``, in the lane's order), window by window."""
     out: list[np.ndarray] = []
-    for w, a in enumerate(range(0, len(rows), window)):
-        sel = rows[a : a + window]
-        steps = pack_window(lengths[sel], None if images is None else images[sel], budget)
-        if shuffle:
-            steps = [steps[j] for j in step_permutation(len(steps), seed=seed, epoch=epoch, window_index=w, lane=lane)]
+    for w, a in enumerate(range(0, len(rows), rules.window)):
+        sel = rows[a : a + rules.window]
+        steps = pack_window(lengths[sel], None if images is None else images[sel], rules.budget)
+        if rules.shuffle:
+            perm = step_permutation(len(steps), seed=rules.seed, epoch=epoch, window_index=w, lane=lane)
+            steps = [steps[j] for j in perm]
         out.extend(sel[np.asarray(s, dtype=np.int64)] for s in steps)
     return out
 
@@ -163,11 +165,8 @@ def plan_epoch(
     lane_rows: list[np.ndarray],
     lengths: np.ndarray,
     images: np.ndarray | None,
-    budget: Budget,
+    rules: Rules,
     *,
-    window: int,
-    shuffle: bool,
-    seed: int,
     epoch: int,
     per_lane: int | None = None,
 ) -> tuple[Plan, int]:
@@ -176,12 +175,9 @@ def plan_epoch(
     ``per_lane``: the steps each lane must hold (``None``: as many as the lane with most, and
     :func:`margin` more, so that other epochs fit them too).
     """
-    lanes = [
-        plan_lane(rows, lengths, images, budget, window=window, shuffle=shuffle, seed=seed, epoch=epoch, lane=k)
-        for k, rows in enumerate(lane_rows)
-    ]
+    lanes = [plan_lane(rows, lengths, images, rules, epoch=epoch, lane=k) for k, rows in enumerate(lane_rows)]
     if per_lane is None:
-        per_lane = max(1, max(len(s) for s in lanes)) + margin(lengths, budget, max(len(r) for r in lane_rows))
+        per_lane = max(1, max(len(s) for s in lanes)) + margin(lengths, rules.budget, max(len(r) for r in lane_rows))
     dropped = 0
     for k, steps in enumerate(lanes):
         lanes[k], d = _even(steps, per_lane, lengths)

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .blocks import BlockLayout, Blocks
-from .budget import Budget, BudgetLayout, Plan, RowTooLongError, plan_epoch
+from .budget import Budget, BudgetLayout, Plan, RowTooLongError, Rules, plan_epoch
 from .collate import collate_rows
 from .decode import Rows, decode
 from .empty import EmptyBatch
@@ -165,18 +165,8 @@ class StreamingDataset(IterableDataset):
             )
             lane_rows = [order.lane_rows(k, np.arange(int(size))) for k, size in enumerate(order.lane_sizes)]
             lengths = self.lengths
-            budget = Budget(o.batch_tokens, o.batch_size, o.max_images)
-            planned = plan_epoch(
-                lane_rows,
-                lengths.tokens,
-                lengths.images,
-                budget,
-                window=o.window,
-                shuffle=o.shuffle,
-                seed=o.seed,
-                epoch=epoch,
-                per_lane=per_lane,
-            )
+            rules = Rules(Budget(o.batch_tokens, o.batch_size, o.max_images), o.window, o.shuffle, o.seed)
+            planned = plan_epoch(lane_rows, lengths.tokens, lengths.images, rules, epoch=epoch, per_lane=per_lane)
             if per_lane is None:
                 self._per_lane[lanes] = planned[0].num_steps // lanes
             self._plans = {k: v for k, v in self._plans.items() if k[0] >= epoch - 1}  # this pass's and the last
