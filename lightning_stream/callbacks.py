@@ -18,6 +18,7 @@ import time
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
 from ._compat import checkpoint_fit_loop
@@ -49,9 +50,13 @@ class StreamingCallback(pl.Callback):
     """Acknowledges trained batches and logs what the data did (``data/*`` metrics).
 
     Per step: ``data/wait_ms`` (time the step waited for its batch in the main process),
-    ``data/wait_share`` (that wait over the whole step) and ``data/samples_per_sec``. It warns
-    once when, after ``warmup_steps``, the loader makes the step wait more than ``warn_share`` of
-    its time: the GPU is starved (more workers, a cheaper transform, or bigger row groups).
+    ``data/wait_share`` (that wait over the whole step) and ``data/samples_per_sec``; where the
+    batch's time went, ``data/read_ms``, ``data/decode_ms``, ``data/transform_ms``,
+    ``data/collate_ms`` (in the worker) and ``data/transfer_ms`` (worker to main,
+    ``telemetry.py``); under DDP, ``data/wait_ms_max`` and ``data/wait_ms_max_rank``, the largest
+    wait over the ranks and whose it was (one ``all_gather`` of one number, on logging steps). It
+    warns once when, after ``warmup_steps``, the loader makes the step wait more than
+    ``warn_share`` of its time: the GPU is starved; the warning names the stage that costs most.
     Per epoch: rows filtered, bad rows skipped, rows dropped to keep ranks even.
 
     Example:
@@ -65,6 +70,7 @@ class StreamingCallback(pl.Callback):
         self._steps = 0
         self._warned = False
         self._restored: dict | None = None
+        self._stage_totals: dict[str, float] = {}
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
@@ -78,6 +84,7 @@ class StreamingCallback(pl.Callback):
             step = now - self._last_start
             # The wait of this batch belongs to the step that ends now.
             self._record(pl_module, loader.last_wait, step, loader.last_rows)
+            self._record_stages(trainer, pl_module, loader, batch_idx)
         self._last_start = now
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -111,6 +118,29 @@ class StreamingCallback(pl.Callback):
             )
         rank_zero_warn(message + "; restarting the epoch from its first batch (strict_resume=False)")
 
+    def _record_stages(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loader: Any, batch_idx: int) -> None:
+        """``data/<stage>_ms`` of the batch just fetched; under DDP, the largest wait and its rank."""
+        stages = loader.last_stages
+        for name, seconds in stages.items():
+            self._stage_totals[name] = self._stage_totals.get(name, 0.0) + seconds
+        values = {f"data/{name}_ms": seconds * 1000 for name, seconds in stages.items()}
+        if trainer.world_size > 1 and batch_idx % max(1, trainer.log_every_n_steps) == 0:
+            # One small all_gather on the steps Lightning writes logs at: every rank makes it there.
+            waits = trainer.strategy.all_gather(torch.tensor([loader.last_wait * 1000.0], device=pl_module.device))
+            waits = waits.reshape(-1)
+            values["data/wait_ms_max"] = float(waits.max())
+            values["data/wait_ms_max_rank"] = float(waits.argmax())
+        if values:
+            pl_module.log_dict(values, on_step=True, on_epoch=False, batch_size=max(loader.last_rows, 1))
+
+    def _dominant_stage(self) -> str:
+        if not self._stage_totals:
+            return ""
+        name, seconds = max(self._stage_totals.items(), key=lambda kv: kv[1])
+        return (
+            f"; of the data time, the largest share goes to `{name}` ({seconds / self._steps * 1000:.1f} ms per batch)"
+        )
+
     def _record(self, pl_module: pl.LightningModule, wait: float, step: float, rows: int) -> None:
         share = wait / step if step > 0 else 0.0
         pl_module.log_dict(
@@ -132,6 +162,7 @@ class StreamingCallback(pl.Callback):
                 rank_zero_warn(
                     f"lightning_stream: training steps spend {self._wait / self._total:.0%} of their time waiting for data; "
                     "the accelerator is starved (try more num_workers, a cheaper transform or bigger batches)"
+                    + self._dominant_stage()
                 )
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

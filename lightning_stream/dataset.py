@@ -31,6 +31,7 @@ from .spec import Source
 from .split import EvalLayout, Layout
 from .stores import open_store
 from .tally import RowError, transform_rows
+from .telemetry import StageClock
 from .transforms import Pipeline, num_rows
 from .wire import BatchHeader, outgoing
 
@@ -76,6 +77,7 @@ class StreamingDataset(IterableDataset):
         self._lengths: RowLengths | None = None  # measured once, in the main process; travels to workers
         self._plans: dict[tuple[int, int], Any] = {}  # (epoch, lanes): the epoch's Plan or Blocks
         self._per_lane: dict[int, int] = {}
+        self.clock = StageClock()  # this process's stage times for the batch it is making
 
     @property
     def store(self) -> Any:
@@ -182,7 +184,12 @@ class StreamingDataset(IterableDataset):
         if not store.random_access:
             store.set_epoch(at.epoch)  # a user's IterableDataset read directly: its own shuffle follows the epoch
         reader = Reader(self.rank, self.world_size, worker, num_workers)
-        for planned in plan(store, self.options, self._layout_of, at, reader):
+        steps = plan(store, self.options, self._layout_of, at, reader)
+        while True:
+            with self.clock.stage("read"):  # planning and fetching the step's rows
+                planned = next(steps, None)
+            if planned is None:
+                return
             if planned.rows is None:  # a lane that ran out: a step without a batch
                 yield outgoing(BatchHeader(step=planned.step, rows_read=0, rows_out=0), None)
             else:
@@ -202,7 +209,10 @@ class StreamingDataset(IterableDataset):
             out = num_rows(batch)
             header = BatchHeader(planned.step, rows.num_rows, out, skipped, planned.anchor)
             if out:
-                return outgoing(header, collate_rows(batch, self.options.collate_fn))
+                with self.clock.stage("collate"):
+                    collated = collate_rows(batch, self.options.collate_fn)
+                header.stages = self.clock.take()
+                return outgoing(header, collated)
             # A training step whose rows were all removed is still a step (``empty.py``).
             emptied = rows.num_rows and not self.options.evaluation
             return outgoing(header, EmptyBatch(planned.step) if emptied else None)
@@ -225,15 +235,20 @@ class StreamingDataset(IterableDataset):
         flat = np.concatenate(seqs) if seqs else np.zeros(0, dtype=np.int64)
         tokens = torch.from_numpy(np.ascontiguousarray(flat[offset : offset + count * size].reshape(count, size)))
         header = BatchHeader(planned.step, planned.rows.num_rows, planned.rows.num_rows, [], planned.anchor)
+        header.stages = self.clock.take()
         return outgoing(header, {column: tokens})
 
     def _transform(self, rows: Rows) -> dict[str, Any]:
         chain = self.store.chain
-        if chain is not None:  # a datasets object's own map/filter chain or format decodes and maps first
-            batch = chain(rows.table)
-        else:
-            batch = decode(rows, self.store.features, self.options.batch_format)
-        return self.options.pipeline(batch) if self.options.pipeline else batch
+        with self.clock.stage("decode"):
+            if chain is not None:  # a datasets object's own map/filter chain or format decodes and maps first
+                batch = chain(rows.table)
+            else:
+                batch = decode(rows, self.store.features, self.options.batch_format)
+        if not self.options.pipeline:
+            return batch
+        with self.clock.stage("transform"):
+            return self.options.pipeline(batch)
 
 
 def _check_fits(lengths: RowLengths, options: _Options, store: Any) -> None:

@@ -30,6 +30,7 @@ from .progress import EpochProgress, PassStart
 from .split import Layout
 from .state import STATE_VERSION, LoaderState, check_state
 from .tally import EpochTally
+from .telemetry import transfer_seconds
 from .wire import BatchHeader
 from .workers import shutdown_workers, worker_death
 
@@ -101,6 +102,7 @@ class StreamingDataLoader(StatefulDataLoader):
         self.stats = EpochTally(dataset.store.where)  # the current pass's row counts
         self.last_wait = 0.0  # seconds the last next() spent waiting for its batch
         self.last_rows = 0
+        self.last_stages: dict[str, float] = {}  # seconds per stage of the last batch (``telemetry.py``)
 
     def shutdown_workers(self) -> None:
         """Stop persistent workers now (they are restarted by the next iteration)."""
@@ -334,6 +336,7 @@ class _LazyEpoch:
     def __init__(self, loader: StreamingDataLoader) -> None:
         self.loader = loader
         self._it: Any = None
+        self._header: BatchHeader | None = None
 
     def __iter__(self) -> _LazyEpoch:
         return self
@@ -356,6 +359,9 @@ class _LazyEpoch:
                 raise RuntimeError(death) from err
             if batch is not None:
                 loader.last_wait = time.perf_counter() - t0
+                stages = dict(self._header.stages)
+                stages["transfer"] = transfer_seconds(self._header.sent, loader.last_wait)
+                loader.last_stages = stages
                 return batch
 
     def _step(self, loader: StreamingDataLoader) -> Any:
@@ -368,6 +374,7 @@ class _LazyEpoch:
         if self._end(loader, header):
             raise StopIteration
         loader._on_batch(header, batch is not None)
+        self._header = header
         if batch is not None:
             loader.last_rows = header.rows_out
         return batch

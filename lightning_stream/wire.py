@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,8 @@ class BatchHeader:
     skipped: list[str] = field(default_factory=list)
     # A stream lane's batch: (lane, k, row), the lane's shard its window begins in (a resume reads from there).
     anchor: tuple[int, int, int] | None = None
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage (``telemetry.py``)
+    sent: float = 0.0  # wall clock when a worker sent it (0: made in the main process)
 
 
 def outgoing(header: BatchHeader, batch: Any) -> Any:
@@ -46,7 +49,10 @@ def outgoing(header: BatchHeader, batch: Any) -> Any:
     from torch.utils.data import get_worker_info
 
     item = (header, batch)
-    return ByValue(item) if get_worker_info() is not None else item
+    if get_worker_info() is None:
+        return item
+    header.sent = time.time()
+    return ByValue(item)
 
 
 # numpy has no bfloat16 (nor float8): such tensors travel as same-width integers.

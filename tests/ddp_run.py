@@ -69,6 +69,13 @@ def empties_rank1_batches(row):
     return not ((row["id"] // 10) % 2 == 1 and (row["id"] // 20) % 3 == 0)
 
 
+def slow_on_rank1(batch):
+    """Rank 1's data is slow: its steps wait, rank 0's do not."""
+    if os.environ.get("LOCAL_RANK") == "1":
+        time.sleep(0.05)
+    return batch
+
+
 def row_tokens(row):
     """A varied, deterministic length for token-budget steps: 8 to 127 tokens."""
     return 8 + (row["id"] * 37) % 120
@@ -91,6 +98,7 @@ def main():
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--filter-empty", action="store_true")
     p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--csv", action="store_true", help="log to OUT/csv/metrics.csv; rank 1's data is slow")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
     train = (
@@ -109,6 +117,7 @@ def main():
         filter=Filter(empties_rank1_batches, batched=False) if a.filter_empty else None,
         batch_tokens=a.batch_tokens,
         length=row_tokens if a.batch_tokens else None,
+        transform=slow_on_rank1 if a.csv else None,
     )
     callbacks = [Recorder(a.out)]
     if a.ckpt_every:
@@ -124,7 +133,8 @@ def main():
         strategy="ddp" if a.devices * a.num_nodes > 1 else "auto",
         max_epochs=a.max_epochs,
         max_steps=a.max_steps,
-        logger=False,
+        logger=pl.loggers.CSVLogger(a.out, name="csv", version="") if a.csv else False,
+        log_every_n_steps=1,
         enable_progress_bar=False,
         enable_model_summary=False,
         enable_checkpointing=bool(a.ckpt_every),

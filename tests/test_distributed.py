@@ -1,5 +1,6 @@
 """Real multi-process runs (gloo on CPU) under a hard timeout: even steps, exact validation, resume."""
 
+import csv
 import glob
 import json
 import os
@@ -77,6 +78,17 @@ def test_filter_that_empties_batches_on_one_rank_keeps_steps_even(tmp_path, data
     assert empty0 != empty1 and max(empty0, empty1) >= 5  # whole batches emptied, unevenly
     ids = epoch_ids(r0, 0) + epoch_ids(r1, 0)
     assert sorted(ids) == [i for i in range(1000) if not ((i // 10) % 2 == 1 and (i // 20) % 3 == 0)]
+
+
+def test_the_largest_wait_across_ranks_is_logged_with_its_rank(tmp_path, data_dir):
+    """Rank 1's transform is slow: rank 0's metrics.csv shows rank 1's wait as the largest."""
+    run(tmp_path, "--train", os.path.join(data_dir, "one.parquet"), "--max-steps", 12, "--csv", "--batch-size", 10)
+    with open(tmp_path / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("data/wait_ms_max")]
+    assert len(rows) >= 8
+    assert all(float(r["data/wait_ms_max"]) >= float(r["data/wait_ms"]) for r in rows)
+    assert sum(float(r["data/wait_ms_max_rank"]) == 1 for r in rows) >= len(rows) - 1
+    assert min(float(r["data/wait_ms_max"]) for r in rows) >= 40
 
 
 def test_validation_is_exact_across_ranks(tmp_path, uneven_dir, data_dir):
