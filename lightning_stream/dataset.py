@@ -17,13 +17,11 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .blocks import BlockLayout, Blocks
-from .budget import Budget, BudgetLayout, Plan, RowTooLongError, Rules, plan_epoch
+from .budget import BudgetLayout
 from .collate import collate_rows
 from .decode import Rows, decode
 from .empty import EmptyBatch
-from .lengths import Length, RowLengths, measure
-from .order import EpochOrder
+from .lengths import Length
 from .plans import PlannedStep, Reader, plan
 from .progress import PassChannel, PassStart
 from .rng import batch_rng
@@ -32,6 +30,7 @@ from .split import EvalLayout, Layout
 from .stores import open_store
 from .tally import RowError, transform_rows
 from .telemetry import StageClock
+from .token_plans import TokenPlans
 from .transforms import Pipeline, num_rows
 from .wire import BatchHeader, outgoing
 
@@ -74,9 +73,7 @@ class StreamingDataset(IterableDataset):
         self.channel = PassChannel()
         self._store: Any = None
         self._store_pid: int | None = None
-        self._lengths: RowLengths | None = None  # measured once, in the main process; travels to workers
-        self._plans: dict[tuple[int, int], Any] = {}  # (epoch, lanes): the epoch's Plan or Blocks
-        self._per_lane: dict[int, int] = {}
+        self.tokens = TokenPlans(source, options)  # token-budget steps and token blocks
         self.clock = StageClock()  # this process's stage times for the batch it is making
 
     @property
@@ -93,7 +90,7 @@ class StreamingDataset(IterableDataset):
         # own there (so files are not listed, footers not read, features not inferred again);
         # any other store is opened anew by the worker.
         keep = self._store is not None and self._store.portable
-        return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None, "_plans": {}}
+        return {**self.__dict__, "_store": self._store if keep else None, "_store_pid": None}
 
     @property
     def num_rows(self) -> int | None:
@@ -107,11 +104,8 @@ class StreamingDataset(IterableDataset):
         o = self.options
         if o.evaluation:
             return EvalLayout(n, o.batch_size, self.world_size)
-        if o.batch_tokens is not None:
-            plan, left_out = self.plan_of(epoch, lanes)
-            return BudgetLayout(plan, start, self.world_size, left_out)
-        if o.block_size is not None:
-            return BlockLayout(self.blocks_of(epoch, lanes), start, self.world_size, self.lengths.tokens)
+        if self.tokens.active:
+            return self.tokens.layout(self.store, start, epoch=epoch, lanes=lanes, world_size=self.world_size)
         return Layout(n, start, o.batch_size, self.world_size, o.drop_last, o.pad)
 
     def __len__(self) -> int:
@@ -119,61 +113,6 @@ class StreamingDataset(IterableDataset):
         if layout is None:
             raise TypeError(f"the length of {self.store.where} is unknown until it has been read (a stream)")
         return layout.num_steps
-
-    # -- token-budget steps ---------------------------------------------------------------------
-    @property
-    def lengths(self) -> RowLengths:
-        """Every row's tokens (and images) before the transform, measured once (``lengths.py``)."""
-        if self._lengths is None:
-            o, store = self.options, self.store
-            if not store.random_access or not isinstance(
-                store.epoch_order(seed=0, epoch=0, shuffle=False, window=1), EpochOrder
-            ):
-                raise ValueError(
-                    f"batch_tokens and block_size need the rows of {store.where} by index (parquet, arrow, a datasets.Dataset), "
-                    "to plan each epoch's steps from their lengths before it starts; a stream or a Mix is read in "
-                    "fixed batches (batch_size)"
-                )
-            cache = {"cache_rows": o.cache_rows, "cache_windows": o.cache_windows}
-            lengths = measure(store, o.length, source=self.source, open_store=lambda s: open_store(s, **cache))
-            _check_fits(lengths, o, store)
-            self._lengths = lengths
-        return self._lengths
-
-    def blocks_of(self, epoch: int, lanes: int) -> Blocks:
-        """Epoch ``epoch``'s token stream over ``lanes`` lanes (``blocks.py``)."""
-        key = (epoch, lanes)
-        if key not in self._plans:
-            o = self.options
-            order = self.store.epoch_order(
-                seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size
-            )
-            rows = np.concatenate([order.lane_rows(k, np.arange(int(size))) for k, size in enumerate(order.lane_sizes)])
-            blocks = Blocks(rows, np.cumsum(self.lengths.tokens[rows]), o.block_size, o.batch_size, lanes)
-            self._plans = {k: v for k, v in self._plans.items() if k[0] >= epoch - 1}
-            self._plans[key] = blocks
-        return self._plans[key]
-
-    def plan_of(self, epoch: int, lanes: int) -> tuple[Plan, int]:
-        """Epoch ``epoch``'s token-budget steps over ``lanes`` lanes, and the rows it leaves out."""
-        key = (epoch, lanes)
-        if key not in self._plans:
-            per_lane = self._per_lane.get(lanes)
-            if per_lane is None and epoch != 0:
-                per_lane = self._per_lane.setdefault(lanes, self.plan_of(0, lanes)[0].num_steps // lanes)
-            o, store = self.options, self.store
-            order = store.epoch_order(
-                seed=o.seed, epoch=epoch, shuffle=o.shuffle, window=o.window, lanes=lanes, batch_size=o.batch_size
-            )
-            lane_rows = [order.lane_rows(k, np.arange(int(size))) for k, size in enumerate(order.lane_sizes)]
-            lengths = self.lengths
-            rules = Rules(Budget(o.batch_tokens, o.batch_size, o.max_images), o.window, o.shuffle, o.seed)
-            planned = plan_epoch(lane_rows, lengths.tokens, lengths.images, rules, epoch=epoch, per_lane=per_lane)
-            if per_lane is None:
-                self._per_lane[lanes] = planned[0].num_steps // lanes
-            self._plans = {k: v for k, v in self._plans.items() if k[0] >= epoch - 1}  # this pass's and the last
-            self._plans[key] = planned
-        return self._plans[key]
 
     # -- iteration ------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[Any]:
@@ -249,21 +188,3 @@ class StreamingDataset(IterableDataset):
             return batch
         with self.clock.stage("transform"):
             return self.options.pipeline(batch)
-
-
-def _check_fits(lengths: RowLengths, options: _Options, store: Any) -> None:
-    """Every row fits one step: its tokens within ``batch_tokens``, its images within ``max_images``."""
-    for what, values, cap, name in (
-        ("tokens", lengths.tokens, options.batch_tokens, "batch_tokens"),
-        ("images", lengths.images, options.max_images, "max_images"),
-    ):
-        if values is None or cap is None:
-            continue
-        over = np.flatnonzero(values > cap)
-        if len(over):
-            first = int(over[0])
-            raise RowTooLongError(
-                f"{store.describe(first)} has {int(values[first])} {what}, more than {name}={cap} allows in one step "
-                f"({len(over)} rows are over it, the longest {int(values[over].max())}); raise {name}, or cut such rows "
-                "before training (truncate them, or drop them with a Source of the rest)"
-            )
