@@ -12,10 +12,10 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from .arguments import check_arguments
 from .callbacks import StreamingCallback
 from .dataset import StreamingDataset, _Options
 from .loader import StreamingDataLoader
+from .options import ErrorOptions, LoaderOptions, ReadOptions, check_callables
 from .spec import Mix, Source, as_source, named_sources
 from .transforms import Filter, Map, as_pipeline, preflight
 
@@ -155,32 +155,9 @@ class StreamingDataModule(pl.LightningDataModule):
         tokens_column: str = "input_ids",
     ) -> None:
         super().__init__()
-        check_arguments(
-            batch_size=batch_size,
-            val_batch_size=val_batch_size,
-            num_workers=num_workers,
-            shuffle=shuffle,
-            buffer_size=buffer_size,
-            seed=seed,
-            drop_last=drop_last,
-            pin_memory=pin_memory,
-            persistent_workers=persistent_workers,
-            prefetch_factor=prefetch_factor,
-            on_error=on_error,
-            max_skipped=max_skipped,
-            strict_resume=strict_resume,
-            even=even,
-            batch_format=batch_format,
-            lanes=lanes,
-            batch_tokens=batch_tokens,
-            length=length,
-            max_images=max_images,
-            block_size=block_size,
-            tokens_column=tokens_column,
-            collate_fn=collate_fn,
-            eval_collate_fn=eval_collate_fn,
-            prepare=prepare,
-        )
+        given = locals()
+        self.read, self.loading, self.errors = ReadOptions.of(given), LoaderOptions.of(given), ErrorOptions.of(given)
+        check_callables(collate_fn=collate_fn, eval_collate_fn=eval_collate_fn, prepare=prepare)
         self.train_source = as_source(train, split="train")
         self.val_sources = named_sources(val, split="validation")
         self.test_sources = named_sources(test, split="test")
@@ -191,45 +168,12 @@ class StreamingDataModule(pl.LightningDataModule):
         self.eval_pipeline = as_pipeline(filter, eval_transform) if eval_transform is not None else self.pipeline
         self.collate_fn = collate_fn
         self.eval_collate_fn = eval_collate_fn if eval_collate_fn is not None else collate_fn
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
-        self.num_workers = num_workers
-        self.shuffle = shuffle
-        self.buffer_size = buffer_size
-        self.seed = seed
-        self.drop_last = drop_last
-        self.pin_memory = pin_memory
-        self.persistent_workers = num_workers > 0 if persistent_workers is None else persistent_workers
-        self.prefetch_factor = prefetch_factor
         self.prepare = prepare
-        self.on_error = on_error
-        self.max_skipped = max_skipped
-        self.strict_resume = strict_resume
-        self.even = even
-        self.batch_format = batch_format
-        self.lanes = lanes
-        if batch_tokens is not None and block_size is not None:
-            raise ValueError(
-                "StreamingDataModule(batch_tokens=..., block_size=...): choose one: steps of whole rows within a token "
-                "budget (batch_tokens), or fixed blocks cut from the concatenated rows (block_size)"
-            )
-        if (length is not None) != (batch_tokens is not None or block_size is not None):
-            raise ValueError(
-                f"StreamingDataModule(batch_tokens={batch_tokens!r}, block_size={block_size!r}, length={length!r}): "
-                "token-budget steps and token blocks need length, where each row's tokens come from (a column or a "
-                "function of a raw row), and length needs one of them"
-            )
         if block_size is not None and self.pipeline.filters:
             raise ValueError(
                 f"StreamingDataModule(block_size={block_size}, filter=...): the blocks are planned from every row's "
                 "length, so no row may be removed; select the rows beforehand (a Source of the rows to keep)"
             )
-        if max_images is not None and batch_tokens is None:
-            raise ValueError(
-                f"StreamingDataModule(max_images={max_images}): the image budget needs batch_tokens and length"
-            )
-        self.batch_tokens, self.length, self.max_images = batch_tokens, length, max_images
-        self.block_size, self.tokens_column = block_size, tokens_column
         self.train_loader: StreamingDataLoader | None = None
         self._loaders: weakref.WeakSet[StreamingDataLoader] = weakref.WeakSet()
         # Lightning asks a datamodule for a stage's loader when the method is overridden; a stage
@@ -243,6 +187,14 @@ class StreamingDataModule(pl.LightningDataModule):
             method = f"{stage}_dataloader"
             if not sources and getattr(type(self), method) is getattr(StreamingDataModule, method):
                 setattr(self, method, None)
+
+    def __getattr__(self, name: str) -> Any:
+        # ``dm.batch_size`` and the other arguments read as before: from their option group.
+        for group in ("read", "loading", "errors"):
+            options = self.__dict__.get(group)
+            if options is not None and name in options.__dataclass_fields__:
+                return getattr(options, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def trainer(self) -> Any:
@@ -304,49 +256,48 @@ class StreamingDataModule(pl.LightningDataModule):
         return 0, 1
 
     def _pin_memory(self) -> bool:
-        if self.pin_memory is not None:
-            return self.pin_memory
+        if self.loading.pin_memory is not None:
+            return self.loading.pin_memory
         if self.trainer is not None:
             return self.trainer.strategy.root_device.type == "cuda"
         return torch.cuda.is_available()
 
     def _loader(self, source: Source | Mix, *, train: bool, in_order: bool = False) -> StreamingDataLoader:
         rank, world_size = self._topology()
-        readers = world_size * max(1, self.num_workers)
-        windows_per_reader = -(-(self.lanes or readers) // readers) if train else 1
+        windows_per_reader = self.read.windows_per_reader(self.loading.readers(world_size)) if train else 1
         options = _Options(
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=self.shuffle if train else False,
-            seed=self.seed,
-            window=self.buffer_size,
-            drop_last=self.drop_last if train else False,
+            batch_size=self.read.batch_size if train else self.read.eval_batch_size,
+            shuffle=self.read.shuffle if train else False,
+            seed=self.read.seed,
+            window=self.read.buffer_size,
+            drop_last=self.read.drop_last if train else False,
             pipeline=self.pipeline if train else self.eval_pipeline,
             collate_fn=self.collate_fn if train else self.eval_collate_fn,
-            on_error=self.on_error,
-            cache_rows=2 * self.buffer_size * windows_per_reader,
+            on_error=self.errors.on_error,
+            cache_rows=2 * self.read.buffer_size * windows_per_reader,
             cache_windows=2 * windows_per_reader,
-            pad=self.even == "pad",
+            pad=self.read.even == "pad",
             evaluation=not train,
-            batch_format=self.batch_format,
+            batch_format=self.read.batch_format,
             in_order=in_order,
-            batch_tokens=self.batch_tokens if train else None,
-            length=self.length if train else None,
-            max_images=self.max_images if train else None,
-            block_size=self.block_size if train else None,
-            tokens_column=self.tokens_column,
+            batch_tokens=self.read.batch_tokens if train else None,
+            length=self.read.length if train else None,
+            max_images=self.read.max_images if train else None,
+            block_size=self.read.block_size if train else None,
+            tokens_column=self.read.tokens_column,
         )
         options.pipeline.preflight()
         preflight(options.collate_fn)
         dataset = StreamingDataset(source, options, rank=rank, world_size=world_size)
         loader = StreamingDataLoader(
             dataset,
-            num_workers=self.num_workers,
+            num_workers=self.loading.num_workers,
             pin_memory=self._pin_memory(),
-            persistent_workers=self.persistent_workers,
-            prefetch_factor=self.prefetch_factor,
-            max_skipped=self.max_skipped,
-            lanes=self.lanes if train else None,
-            strict_resume=self.strict_resume,
+            persistent_workers=self.loading.persistent,
+            prefetch_factor=self.loading.prefetch_factor,
+            max_skipped=self.errors.max_skipped,
+            lanes=self.read.lanes if train else None,
+            strict_resume=self.errors.strict_resume,
         )
         self._report_layout(dataset, source, loader)
         self._loaders.add(loader)
@@ -354,11 +305,11 @@ class StreamingDataModule(pl.LightningDataModule):
 
     def _report_layout(self, dataset: StreamingDataset, source: Source, loader: StreamingDataLoader) -> None:
         lanes = loader.lanes
-        store, readers = dataset.store, dataset.world_size * max(1, self.num_workers)
+        store, readers = dataset.store, loader.readers
         if not store.random_access and readers > 1 and lanes == 1 and not dataset.options.evaluation:
             rank_zero_warn(
                 f"lightning_stream: {source.path!r} is a stream of {store.num_shards} shard(s), fewer than its {readers} readers "
-                f"({dataset.world_size} ranks x {max(1, self.num_workers)} workers), so each reader reads all of it and keeps "
+                f"({dataset.world_size} ranks x {max(1, self.loading.num_workers)} workers), so each reader reads all of it and keeps "
                 f"its own rows: reads grow {readers}x. Use at least {readers} files (or hub shards), or parquet / save_to_disk "
                 f"data (e.g. Dataset.to_parquet), to read each byte once per epoch."
             )
@@ -380,10 +331,10 @@ class StreamingDataModule(pl.LightningDataModule):
                 f"in each epoch of {source.path!r}: {plan.num_rows / max(1, len(plan.tokens)):.1f} rows and "
                 f"{plan.tokens.mean() / dataset.options.batch_tokens:.1%} of the budget per step on average"
             )
-        if self.num_workers > layout.num_steps:
+        if self.loading.num_workers > layout.num_steps:
             rank_zero_warn(
-                f"num_workers={self.num_workers} but {source.path!r} makes only {layout.num_steps} batches per rank "
-                f"and epoch: {self.num_workers - layout.num_steps} workers will idle"
+                f"num_workers={self.loading.num_workers} but {source.path!r} makes only {layout.num_steps} batches per rank "
+                f"and epoch: {self.loading.num_workers - layout.num_steps} workers will idle"
             )
         if layout.dropped_rows or layout.padded_rows:
             what = (
