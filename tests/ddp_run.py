@@ -147,6 +147,11 @@ def main():
     if trainer.is_global_zero and a.val:
         with open(os.path.join(a.out, "val.json"), "w") as f:
             json.dump({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}, f)
+    if torch.distributed.is_initialized():
+        # Lightning leaves the process group up; gloo's threads torn down by the interpreter's exit
+        # can abort the process ("terminate called without an active exception", seen once in CI
+        # on a loaded machine after a finished fit). A group destroyed here has no threads left.
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
