@@ -78,7 +78,9 @@ def test_conversation_yaml_fits(tmp_path, monkeypatch) -> None:
     assert (tmp_path / "runs" / "vlm-chat" / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.parametrize("name", ["tiny.yaml", "gpu.yaml", "hub.yaml", "hub-qwen2vl.yaml", "conversation.yaml"])
+@pytest.mark.parametrize(
+    "name", ["tiny.yaml", "gpu.yaml", "hub.yaml", "hub-qwen2vl.yaml", "conversation.yaml", "packed.yaml"]
+)
 def test_example_configs_validate(name: str, capsys) -> None:
     # --print_config parses and type-checks the whole config without building anything.
     with pytest.raises(SystemExit) as info:
