@@ -10,6 +10,7 @@ from .collate import default_collate
 from .datamodule import StreamingDataModule
 from .dataset import StreamingDataset
 from .empty import EmptyBatch, empty_step_loss
+from .lengths import TokensAndImages
 from .loader import StreamingDataLoader
 from .packing_collate import PackedCollator
 from .spec import DatasetSource, Mix, Remote, Source
@@ -35,6 +36,7 @@ __all__ = [
     "StreamingDataLoader",
     "StreamingDataModule",
     "StreamingDataset",
+    "TokensAndImages",
     "TransformError",
     "default_collate",
     "empty_step_loss",

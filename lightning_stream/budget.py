@@ -16,9 +16,10 @@ The plan, for each lane of the order (one per reader: a reader reads only its la
    come first.
 
 Every lane then holds the same number of steps ``per_lane``, the same in every epoch so that
-``len()`` holds for all of them: epoch 0's longest lane plus a margin of two standard deviations
-of a lane's tokens (in steps: a lane's token total is a sum of random lengths, so another epoch's
-lanes pack into a few more or fewer steps). A lane with fewer steps splits its largest ones in two
+``len()`` holds for all of them: epoch 0's longest lane plus a margin (:func:`margin`: two
+standard deviations of a lane's token total, which varies with the rows an epoch deals it, and
+the square root of its windows, whose last steps vary), so that another epoch's lanes, which pack
+into a few more or fewer steps, fit. A lane with fewer steps splits its largest ones in two
 (a half of a step always fits); one with more, which the margin makes rare, drops its smallest
 steps, and their rows are counted as left out. Global step ``g`` is the ``g // lanes``-th step of lane
 ``g % lanes``: rank ``r`` of ``world_size`` takes ``g = s * world_size + r``, so with one lane per
@@ -152,13 +153,16 @@ def plan_lane(
     return out
 
 
-def margin(lengths: np.ndarray, budget: Budget, lane_rows: int) -> int:
-    """Two standard deviations of a lane's token total, in steps: how many more steps another
-    epoch's lanes may need than this one's."""
-    if not len(lengths) or lane_rows < 2:
+def margin(lengths: np.ndarray, budget: Budget, lane_rows: int, windows: int) -> int:
+    """How many more steps another epoch's lanes may need than this one's: two standard
+    deviations of a lane's token total (a sample of ``lane_rows`` of the rows, without
+    replacement: none with one lane, which holds them all), in steps, and as many steps as
+    the square root of the lane's windows (each window's last steps are part-filled)."""
+    n = len(lengths)
+    if not n or lane_rows < 1:
         return 0
-    sigma = float(np.std(lengths)) * np.sqrt(lane_rows)
-    return int(np.ceil(2 * sigma / budget.tokens))
+    sigma = float(np.std(lengths)) * np.sqrt(lane_rows * max(0.0, 1 - lane_rows / n))
+    return int(np.ceil(2 * sigma / budget.tokens + np.sqrt(windows)))
 
 
 def plan_epoch(
@@ -177,7 +181,9 @@ def plan_epoch(
     """
     lanes = [plan_lane(rows, lengths, images, rules, epoch=epoch, lane=k) for k, rows in enumerate(lane_rows)]
     if per_lane is None:
-        per_lane = max(1, max(len(s) for s in lanes)) + margin(lengths, rules.budget, max(len(r) for r in lane_rows))
+        rows = max(len(r) for r in lane_rows)
+        extra = margin(lengths, rules.budget, rows, -(-rows // rules.window))
+        per_lane = max(1, max(len(s) for s in lanes)) + extra
     dropped = 0
     for k, steps in enumerate(lanes):
         lanes[k], d = _even(steps, per_lane, lengths)

@@ -6,8 +6,9 @@
   items): only that column is read, once, when the train loader is built. For parquet this
   reads one column chunk per row group (a few MB for 500k rows); for a ``datasets`` object it
   is a view of memory-mapped arrow.
-- a function of a decoded raw row, returning the row's tokens, or ``(tokens, images)`` for the
-  image budget (``max_images``): it runs once over every row (a one-pass length index: the cost
+- a function of a decoded raw row (or its import path, ``"module.function"``, as YAML names
+  it), returning the row's tokens, or ``(tokens, images)`` for the image budget
+  (``max_images``; :class:`TokensAndImages` reads both from columns): it runs once over every row (a one-pass length index: the cost
   of one epoch's reads, without the transform). Keep it cheap: a stored count, the text's
   length, ``len(row["images"])``; image columns arrive as PIL images, which read only their
   header until their pixels are used.
@@ -29,8 +30,9 @@ import pyarrow.compute as pc
 from .decode import decode
 from .plans import take
 from .spec import Source
+from .transforms import resolve_callable
 
-__all__ = ["Length", "RowLengths", "measure"]
+__all__ = ["Length", "RowLengths", "TokensAndImages", "measure"]
 
 Length = str | Callable[[dict[str, Any]], Any]
 _CHUNK = 8192
@@ -57,6 +59,8 @@ def measure(
     column (the others are not read).
     """
     n = store.num_rows
+    if isinstance(length, str) and "." in length and length not in store.features:
+        length = resolve_callable(length)  # "module.function", as YAML names a function
     if isinstance(length, str):
         if length not in store.features and length not in _column_names(store):
             raise ValueError(
@@ -93,6 +97,27 @@ def measure(
                     images = np.zeros(n, dtype=np.int64)
                 images[a + i] = k
     return RowLengths(tokens, images)
+
+
+class TokensAndImages:
+    """``length`` for token and image budgets from two columns: ``(row[tokens], len(row[images]))``.
+
+    A class, so that a YAML config can name it (``class_path``) with its columns.
+
+    Example:
+        >>> TokensAndImages("num_tokens", "images")({"num_tokens": 90, "images": [None, None]})
+        (90, 2)
+    """
+
+    def __init__(self, tokens: str = "num_tokens", images: str = "images") -> None:
+        self.tokens, self.images = tokens, images
+
+    def __call__(self, row: dict[str, Any]) -> tuple[int, int]:
+        images = row.get(self.images)
+        return int(row[self.tokens]), 0 if images is None else len(images)
+
+    def __repr__(self) -> str:
+        return f"TokensAndImages(tokens={self.tokens!r}, images={self.images!r})"
 
 
 def _column_names(store: Any) -> list[str]:

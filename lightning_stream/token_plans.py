@@ -59,6 +59,12 @@ class TokenPlans:
                 )
             cache = {"cache_rows": o.cache_rows, "cache_windows": o.cache_windows}
             lengths = measure(store, o.length, source=self.source, open_store=lambda s: open_store(s, **cache))
+            if o.max_images is not None and lengths.images is None:
+                raise ValueError(
+                    f"max_images={o.max_images} needs each row's images, but length={o.length!r} gives only tokens: "
+                    "pass a function of a row that returns (tokens, images), e.g. "
+                    "lightning_stream.TokensAndImages('num_tokens', 'images')"
+                )
             _check_fits(lengths, o, store)
             self._lengths = lengths
         return self._lengths

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 from helpers import cpu_trainer
 
-from lightning_stream import Map, Source, StateMismatchError, StreamingDataModule
+from lightning_stream import Map, Source, StateMismatchError, StreamingDataModule, TokensAndImages
 from lightning_stream.budget import Budget, RowTooLongError, pack_window
 from lightning_stream.testing import BatchRecorder, assert_resume_equivalent
 
@@ -167,3 +167,17 @@ def test_best_fit_decreasing_fills_steps():
     fills = np.array([lengths[s].sum() for s in steps])
     assert sorted(i for s in steps for i in s) == list(range(5000)) and fills.max() <= 4096
     assert fills.mean() / 4096 > 0.98
+
+
+def tokens_of(row):
+    return row["n"]
+
+
+def test_max_images_needs_image_counts_and_a_function_can_be_named_by_its_path(varied):
+    source, _, _ = varied
+    with pytest.raises(ValueError, match=r"max_images=4 needs each row's images.*TokensAndImages"):
+        _dm(source, max_images=4).train_dataloader()
+    by_path = _epochs(_dm(source, length="test_budget.tokens_of").train_dataloader(), 1)[0]  # as YAML names it
+    assert by_path == _epochs(_dm(source).train_dataloader(), 1)[0]
+    counted = _epochs(_dm(source, length=TokensAndImages("n", "pictures"), max_images=4).train_dataloader(), 1)[0]
+    assert sorted(i for rows, _, _ in counted for i in rows) == list(range(ROWS))  # rows without the column: 0 images

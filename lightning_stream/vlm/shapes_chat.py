@@ -34,6 +34,7 @@ import os
 import random
 from typing import Any
 
+from lightning_stream.lengths import TokensAndImages  # re-exported: the examples name it here
 from lightning_stream.vlm.shapes import COLORS, POSITIONS, SHAPES, SIZES, render_shape
 
 __all__ = [
@@ -269,26 +270,3 @@ class VariedChatData:
 
     def __repr__(self) -> str:
         return f"VariedChatData(out_dir={self.out_dir!r}, num_rows={self.num_rows})"
-
-
-class TokensAndImages:
-    """``length`` for token-budget steps with an image budget: ``(row[tokens], len(row[images]))``.
-
-    A function of the raw row, as ``StreamingDataModule(length=...)`` takes it, that returns
-    the stored token count and the number of images (``max_images`` needs both). An object
-    rather than a function, so a YAML config can name it (``class_path``).
-
-    Example:
-        >>> TokensAndImages()({"num_tokens": 87, "images": ["a", "b"]})
-        (87, 2)
-    """
-
-    def __init__(self, tokens: str = "num_tokens", images: str = "images") -> None:
-        self.tokens = tokens
-        self.images = images
-
-    def __call__(self, row: dict[str, Any]) -> tuple[int, int]:
-        return int(row[self.tokens]), len(row[self.images] or ())
-
-    def __repr__(self) -> str:
-        return f"TokensAndImages(tokens={self.tokens!r}, images={self.images!r})"
