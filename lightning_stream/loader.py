@@ -16,7 +16,9 @@ set by ``set_epoch`` (the callback pushes ``trainer.current_epoch`` at each epoc
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 import time
 from typing import Any
 
@@ -32,7 +34,7 @@ from .state import STATE_VERSION, LoaderState, check_state
 from .tally import EpochTally
 from .telemetry import transfer_seconds
 from .wire import BatchHeader
-from .workers import shutdown_workers, worker_death
+from .workers import die_with_parent, shutdown_workers, worker_death
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,7 @@ class StreamingDataLoader(StatefulDataLoader):
             prefetch_factor=prefetch_factor if num_workers > 0 else None,
             timeout=timeout,
             multiprocessing_context=multiprocessing_context,
+            worker_init_fn=functools.partial(die_with_parent, os.getpid()),  # no worker outlives training
             snapshot_every_n_steps=0,  # the state lives in the main process: no worker snapshots
         )
         self.max_skipped = max_skipped

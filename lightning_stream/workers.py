@@ -1,4 +1,12 @@
-"""The torch DataLoader workers, where we reach into torch: stopping them, and telling how one ended.
+"""The torch DataLoader workers, where we reach into torch: stopping them, their end with the
+training process, and telling how one ended.
+
+:func:`die_with_parent` is each worker's ``worker_init_fn``: it asks the kernel (Linux's
+``prctl(PR_SET_PDEATHSIG)``) to SIGKILL the worker when the training process dies, whatever kills
+it. Without it, a worker whose batch is on its way to a SIGKILLed trainer (the out-of-memory
+killer, a preemption) blocks forever writing to the result pipe, whose read end its sibling
+workers still hold open: it keeps its memory and the launcher's stdout (measured: 2 of 2 workers
+alive 10 s after the kill, forever; with it, none).
 
 :func:`shutdown_workers` stops a loader's workers now (torch's private ``_shutdown_workers``:
 torch has no public way to stop persistent workers before the iterator is garbage, and a loader
@@ -18,10 +26,30 @@ read from the worker processes torch keeps (``_workers``, a private attribute).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 from typing import Any
 
-__all__ = ["shutdown_workers", "worker_death"]
+__all__ = ["die_with_parent", "shutdown_workers", "worker_death"]
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def die_with_parent(parent: int, worker_id: int = 0) -> None:
+    """``worker_init_fn``: SIGKILL this worker when the process ``parent`` dies (Linux; elsewhere
+    torch's watchdog, which checks the parent between batches, is what there is)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # a libc without prctl: keep torch's watchdog only
+        return
+    if os.getppid() != parent:  # the parent died before the request was made
+        os._exit(1)
+
 
 _HINTS = {
     "SIGKILL": "most often the out-of-memory killer: lower num_workers, batch_size or buffer_size",

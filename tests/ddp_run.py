@@ -76,6 +76,18 @@ def slow_on_rank1(batch):
     return batch
 
 
+class Payload:
+    """Adds ``kb`` KiB of float32 per row: batches that fill the worker pipe (by value up to 1 MiB)."""
+
+    def __init__(self, kb):
+        self.kb = kb
+
+    def __call__(self, batch):
+        import numpy as np
+
+        return {"x": list(np.zeros((len(batch["id"]), self.kb * 256), dtype=np.float32))}
+
+
 def row_tokens(row):
     """A varied, deterministic length for token-budget steps: 8 to 127 tokens."""
     return 8 + (row["id"] * 37) % 120
@@ -98,6 +110,7 @@ def main():
     p.add_argument("--step-sleep", type=float, default=0.0)
     p.add_argument("--filter-empty", action="store_true")
     p.add_argument("--batch-tokens", type=int, default=None)
+    p.add_argument("--payload-kb", type=int, default=0)
     p.add_argument("--csv", action="store_true", help="log to OUT/csv/metrics.csv; rank 1's data is slow")
     a = p.parse_args()
     os.makedirs(a.out, exist_ok=True)
@@ -117,7 +130,7 @@ def main():
         filter=Filter(empties_rank1_batches, batched=False) if a.filter_empty else None,
         batch_tokens=a.batch_tokens,
         length=row_tokens if a.batch_tokens else None,
-        transform=slow_on_rank1 if a.csv else None,
+        transform=slow_on_rank1 if a.csv else Payload(a.payload_kb) if a.payload_kb else None,
     )
     callbacks = [Recorder(a.out)]
     if a.ckpt_every:

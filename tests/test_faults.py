@@ -110,3 +110,52 @@ def test_sigkill_at_random_moments_then_resume(tmp_path, data_dir):
             if end is None or step < end:
                 stitched.append([epoch, step, ids])
     assert stitched == full
+
+
+def _children(pid):
+    """PIDs whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead, only not reaped
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_sigkilled_training_process(tmp_path, data_dir):
+    """The OOM killer or a preemption SIGKILLs the trainer: its 2 DataLoader workers go too."""
+    args = [sys.executable, SCRIPT, "--out", str(tmp_path), "--train", os.path.join(data_dir, "disk")]
+    args += ["--devices", "1", "--workers", "2", "--max-epochs", "50", "--batch-size", "16", "--step-sleep", "0.2"]
+    args += ["--payload-kb", "40"]  # 640 KiB batches, sent by value: a worker blocks on the full pipe
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while len(records(tmp_path / "train-rank0.jsonl")) < 5:
+            assert proc.poll() is None and time.time() < deadline, "the run did not start training"
+            time.sleep(0.2)
+        workers = _children(proc.pid)
+        assert len(workers) >= 2
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    deadline = time.time() + 10
+    while any(_alive(w) for w in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    survivors = [w for w in workers if _alive(w)]
+    for w in survivors:
+        os.kill(w, signal.SIGKILL)
+    assert not survivors, f"DataLoader workers {survivors} outlived the SIGKILLed training process"
