@@ -222,3 +222,15 @@ def test_picklable_before_and_after_loading(model_dir: str) -> None:
     after = pickle.dumps(transform)
     assert len(after) < 10_000, "the loaded processor must not travel to workers"
     assert one(pickle.loads(before), red())["input_ids"] == one(pickle.loads(after), red())["input_ids"]
+
+
+def test_a_dark_16_bit_png_keeps_its_full_range(tmp_path) -> None:
+    """A 16-bit grayscale PNG of values 0-200 is near black, not an 8-bit image of 0-200."""
+    ramp = np.tile(np.arange(0, 201, dtype=np.uint16), (3, 1))
+    path = tmp_path / "dark16.png"
+    Image.fromarray(ramp).save(path)
+    opened = Image.open(path)
+    pixels = np.asarray(load_image(opened))[..., 0].astype(int)
+    assert np.abs(pixels - np.round(ramp / 257.0)).max() <= 1
+    bright = np.full((2, 2), 51400, dtype=np.uint16)  # 200 * 257
+    assert load_image(Image.fromarray(bright)).getpixel((0, 0)) == (200, 200, 200)

@@ -121,14 +121,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 def _to_uint8(array: np.ndarray) -> np.ndarray:
     """Rescale a single-channel integer or float array to ``uint8``.
 
-    Floats in [0, 1] are taken as normalised intensities; integers above 255 as 16-bit.
+    Floats in [0, 1] are taken as normalised intensities; 16-bit arrays (``I;16`` images) always
+    span 0-65535, whatever their values (a dark 16-bit image is dark, not an 8-bit one); 32-bit
+    integers (``I`` images, whose bit depth PIL does not keep) as 16-bit when above 255.
     """
     values = array.astype(np.float64)
     finite = values[np.isfinite(values)]
     top = float(finite.max()) if finite.size else 0.0
     if np.issubdtype(array.dtype, np.floating) and top <= 1.0:
         values = values * 255.0
-    elif top > 255.0:
+    elif array.dtype.itemsize == 2 and np.issubdtype(array.dtype, np.integer) or top > 255.0:
         values = values / 257.0  # 65535 -> 255
     return np.clip(np.nan_to_num(values), 0, 255).round().astype(np.uint8)
 
