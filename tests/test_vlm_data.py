@@ -57,6 +57,23 @@ def test_idempotent_and_stale_shards_removed(tmp_path) -> None:
     assert train == [os.path.basename(p) for p in second["train"]]
 
 
+def test_files_it_did_not_write_are_never_removed_nor_overwritten(tmp_path) -> None:
+    out = str(tmp_path)
+    mine = os.path.join(out, "train-00000-of-00003.parquet")  # the user's own shard, same naming
+    with open(mine, "w") as f:
+        f.write("the user's data")
+    make_shapes(out, num_rows=20, val_rows=4, num_shards=4)
+    make_shapes(out, num_rows=20, val_rows=4, num_shards=2)  # replaces its own shards only
+    with open(mine) as f:
+        assert f.read() == "the user's data"
+    with pytest.raises(
+        FileExistsError, match=r"train-00000-of-00003.parquet exists and was not written by make_shapes"
+    ):
+        make_shapes(out, num_rows=20, val_rows=4, num_shards=3)
+    with open(mine) as f:
+        assert f.read() == "the user's data"
+
+
 def test_tiny_vlm_loads_offline_and_counts_image_tokens(tmp_path) -> None:
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 

@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -183,9 +182,10 @@ def make_shapes(
 ) -> dict[str, list[str]]:
     """Write the shapes data set; a no-op when ``out_dir`` already holds the same one.
 
-    Returns the shard paths per split. Shards of an earlier, different data set in
-    ``out_dir`` (other row or shard counts) are removed, so ``train-*.parquet`` globs only
-    the current one.
+    Returns the shard paths per split. Shards of an earlier, different shapes data set in
+    ``out_dir`` (other row or shard counts, named by its manifest) are removed, so
+    ``train-*.parquet`` globs only the current one; files it did not write are never removed
+    nor overwritten (``FileExistsError``).
 
     Example:
         >>> make_shapes("data/shapes", num_rows=1000)["val"]  # doctest: +SKIP
@@ -210,18 +210,30 @@ def make_shapes(
     paths = {split: [os.path.join(out_dir, n) for n, _, _ in jobs] for split, jobs in plan.items()}
 
     manifest = os.path.join(out_dir, _MANIFEST)
+    done: dict = {}
     if os.path.isfile(manifest):
         with open(manifest) as f:
             done = json.load(f)
         if done == params and all(os.path.isfile(p) for ps in paths.values() for p in ps):
             log.info("shapes data already in %s", out_dir)
             return paths
-        os.remove(manifest)
-    os.makedirs(out_dir, exist_ok=True)
+    # Only shards an earlier make_shapes wrote here (named by its manifest) are ours to replace
+    # or remove: a folder that also holds the user's own train-00000-of-00004.parquet keeps it.
+    ours = _written_by(out_dir, done)
     wanted = {p for ps in paths.values() for p in ps}
-    for stale in glob.glob(os.path.join(out_dir, "*-?????-of-?????.parquet*")):
-        if stale not in wanted:
-            log.info("removing stale shard %s", stale)
+    theirs = sorted(p for p in wanted if os.path.exists(p) and p not in ours)
+    if theirs:
+        raise FileExistsError(
+            f"make_shapes: {theirs[0]} exists and was not written by make_shapes (no {_MANIFEST} names it); "
+            "it is not overwritten: choose an empty out_dir for the generated data"
+        )
+    os.makedirs(out_dir, exist_ok=True)
+    # Written first, marked incomplete, so that a run cut short leaves shards that are known ours.
+    with open(manifest, "w") as f:
+        json.dump({**params, "complete": False}, f, indent=2)
+    for stale in sorted(ours - wanted):
+        if os.path.exists(stale):
+            log.info("removing shard %s of an earlier shapes data set", stale)
             os.remove(stale)
 
     jobs = [
@@ -239,6 +251,16 @@ def make_shapes(
     with open(manifest, "w") as f:  # written last: its presence means "complete"
         json.dump(params, f, indent=2)
     return paths
+
+
+def _written_by(out_dir: str, manifest: dict) -> set[str]:
+    """The shard paths the data set described by ``manifest`` (complete or not) consists of."""
+    try:
+        shards = int(manifest["num_shards"])
+        names = _shard_names("train", shards) + (_shard_names("val", 1) if manifest.get("val_rows") else [])
+    except (KeyError, TypeError, ValueError):
+        return set()
+    return {os.path.join(out_dir, n) for n in names}
 
 
 def corpus() -> list[str]:
