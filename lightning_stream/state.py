@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import reprlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,7 +86,7 @@ class LoaderState:
         """Parse a checkpoint's state, refusing it with the key at fault when a value has the wrong type."""
         if not isinstance(saved, dict) or any(k not in saved for k in _REQUIRED):
             raise StateMismatchError(
-                f"not a lightning_stream loader state (expected the keys {list(_REQUIRED)}): {saved!r:.200}"
+                f"not a lightning_stream loader state (expected the keys {list(_REQUIRED)}): {_short(saved)}"
             )
         version = saved["version"]
         if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
@@ -101,7 +102,7 @@ class LoaderState:
             check = _CHECKS[f.name]
             if not (value is None and f.name in _OPTIONAL) and not check[0](value):
                 raise StateMismatchError(
-                    f"the checkpoint's loader state has {f.name}={value!r} ({type(value).__name__}); expected {check[1]}. "
+                    f"the checkpoint's loader state has {f.name}={_short(value)} ({type(value).__name__}); expected {check[1]}. "
                     "The checkpoint was edited or written by other code: restore its original 'combined_loader' state "
                     "(loops.fit_loop.state_dict), or resume without it (strict_resume=False restarts the epoch)"
                 )
@@ -117,14 +118,32 @@ class LoaderState:
         return state
 
 
+# Bounds on what a state may hold: an edited checkpoint's 10**100 or 50 MB string is refused by
+# name, not met later as an OverflowError or MemoryError (positions and counts fit in int64).
+_MAX_INT = 1 << 62
+_MAX_TEXT = 256
+_MAX_LANES = 1 << 16
+
+
 def _int(minimum: int) -> Any:
-    return lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and minimum <= v < _MAX_INT
 
 
 def _anchors(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and all(
-        isinstance(a, (list, tuple)) and len(a) == 2 and all(_int(0)(x) for x in a) for a in v
+    return (
+        isinstance(v, (list, tuple))
+        and len(v) <= _MAX_LANES
+        and all(isinstance(a, (list, tuple)) and len(a) == 2 and all(_int(0)(x) for x in a) for a in v)
     )
+
+
+_REPR = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist, _REPR.maxdict, _REPR.maxlong = 3, 80, 80, 6, 8, 40
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages: a 50 MB string or a deeply nested edit is cut, not echoed."""
+    return _REPR.repr(value)
 
 
 _REQUIRED = ("version", "epoch", "position", "steps")
@@ -137,7 +156,10 @@ _CHECKS = {
     "position": (_int(0), "an int >= 0"),
     "steps": (_int(0), "an int >= 0"),
     "num_rows": (_int(0), "an int >= 0 or None"),
-    "fingerprint": (lambda v: isinstance(v, str), "a string"),
+    "fingerprint": (
+        lambda v: isinstance(v, str) and len(v) <= _MAX_TEXT,
+        f"a string of at most {_MAX_TEXT} characters",
+    ),
     "seed": (_int(0), "an int >= 0"),
     "shuffle": (lambda v: isinstance(v, bool), "a bool"),
     "window": (_int(1), "an int >= 1"),

@@ -276,6 +276,13 @@ def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, da
     assert recorder.batches[0][1] == tuple(first["id"].tolist())
 
 
+def _nested(depth):
+    value = 0
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     "key, value, message",
     [
@@ -284,6 +291,11 @@ def test_a_mid_epoch_checkpoint_without_the_loader_state_is_refused(tmp_path, da
         ("version", "1", r"version='1' \(str\); expected an int from 1 to 2"),
         ("position", 10**6, r"position=1000000, past the end of its 1000 rows"),
         ("anchors", [[0]], r"anchors=\[\[0\]\] \(list\); expected a list of \[shard, row\] pairs"),
+        ("position", 10**100, r"position=1000000.*\(int\); expected an int >= 0"),
+        ("steps", 2**63, r"steps=9223372036854775808 \(int\); expected an int >= 0"),
+        ("fingerprint", "f" * 50_000_000, r"fingerprint='f{20,}\.\.\.f+' \(str\); expected a string of at most 256"),
+        ("anchors", [[0, 1]] * 100_000, r"anchors=\[\[0, 1\], .*\.\.\.\] \(list\); expected a list of"),
+        ("epoch", _nested(5000), r"epoch=\[\[\[\[\.\.\.\]\]\]\] \(list\); expected an int >= 0"),
     ],
 )
 def test_an_edited_checkpoint_state_is_refused_at_load_naming_the_key(data_dir, key, value, message):
